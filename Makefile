@@ -1,0 +1,33 @@
+# The README's two commands are `make demo` and `make test`; both build .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: gateway with the embedded SQLite store and three simulated Raspberry Pi agents
+demo: $(STAMP)
+	$(BIN)/iotgw demo
+
+## test: lint, type check and the whole test suite against real sockets and files
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway device_agent tests bench
+	$(BIN)/ruff format --check gateway device_agent tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,172 @@
+"""Sans-I/O codec of device protocol v1: text in, typed message or coded error out.
+
+The gateway and the Python agent share this module; it never touches a socket
+or a clock (callers pass ``now_ms``). Decoding is one msgspec call on the hot
+path; only a refused frame pays for working out which error code fits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+import msgspec
+
+from .errors import ErrorCode, ProtocolError
+from .messages import (
+    MAX_FRAME_BYTES,
+    MAX_SEQ,
+    MIN_TIMESTAMP_MS,
+    DeviceMessage,
+    GatewayMessage,
+    Sample,
+)
+
+_device_decoder = msgspec.json.Decoder(DeviceMessage)
+_gateway_decoder = msgspec.json.Decoder(GatewayMessage)
+_encoder = msgspec.json.Encoder()
+
+
+class _SeqProbe(msgspec.Struct):
+    seq: int | None = None
+
+
+_seq_probe = msgspec.json.Decoder(_SeqProbe)
+
+
+def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_BYTES) -> DeviceMessage:
+    """Decode one frame sent by a device.
+
+    Raises ProtocolError with the code of docs/protocol.md when the frame is
+    refused. Timestamps against the clock and seq order are checked by the
+    caller (``check_clock``, the session), which holds the clock and the state.
+    """
+    if len(frame) > max_frame_bytes:
+        raise ProtocolError(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"frame is {len(frame)} bytes, the limit is {max_frame_bytes}",
+            _probe_seq(frame),
+        )
+    try:
+        return _device_decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _classify_validation_error(str(exc), _probe_seq(frame)) from None
+    except msgspec.DecodeError as exc:
+        raise _classify_decode_error(frame, str(exc)) from None
+
+
+def decode_gateway_message(frame: str | bytes) -> GatewayMessage:
+    """Decode one frame sent by the gateway (used by agents and tests).
+
+    Raises ProtocolError (``invalid_json``, ``unknown_type`` or
+    ``invalid_message``) for a frame that is not a gateway message.
+    """
+    try:
+        return _gateway_decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _classify_validation_error(str(exc), None) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Encode a message as the UTF-8 bytes of one JSON text frame."""
+    return _encoder.encode(message)
+
+
+def encode_text(message: msgspec.Struct) -> str:
+    """Encode a message as a str, for clients whose send() wants text."""
+    return _encoder.encode(message).decode()
+
+
+def check_clock(
+    samples: Iterable[Sample], now_ms: int, max_skew_ms: int, seq: int | None = None
+) -> None:
+    """Refuse samples stamped too far in the future (``clock_skew``).
+
+    Call it for every readings frame before storing it; ``now_ms`` is the
+    gateway's clock. Timestamps before 2000 are refused by the decoder.
+    """
+    limit = now_ms + max_skew_ms
+    for sample in samples:
+        if sample.ts > limit:
+            raise ProtocolError(
+                ErrorCode.CLOCK_SKEW,
+                f"timestamp {sample.ts} is {sample.ts - now_ms} ms ahead of the gateway's clock "
+                f"(limit {max_skew_ms} ms); resynchronise from welcome.server_time",
+                seq,
+            )
+
+
+def _probe_seq(frame: str | bytes) -> int | None:
+    """Best-effort ``seq`` of a refused frame, so that the error can name it."""
+    if len(frame) > 4 * MAX_FRAME_BYTES:
+        return None
+    try:
+        seq = _seq_probe.decode(frame).seq
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return seq if seq is not None and 1 <= seq <= MAX_SEQ else None
+
+
+def _classify_decode_error(frame: str | bytes, message: str) -> ProtocolError:
+    # JSON has no NaN or Infinity, but many encoders (Python's json) write them:
+    # if the stdlib parser, which accepts them, succeeds, they were the problem.
+    try:
+        json.loads(frame)
+    except (ValueError, RecursionError):
+        return ProtocolError(ErrorCode.INVALID_JSON, message)
+    return ProtocolError(
+        ErrorCode.BAD_VALUE,
+        "NaN and Infinity are not valid values; send only finite numbers",
+        _seq_from_lenient(frame),
+    )
+
+
+def _seq_from_lenient(frame: str | bytes) -> int | None:
+    try:
+        seq = json.loads(frame).get("seq")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= MAX_SEQ else None
+
+
+_LENGTH = re.compile(r"Expected `(array|object|str)` of length <= (\d+) - at `\$(.*)`")
+_VALUE_PATH = re.compile(r"- at `\$\.(samples\[\d+\]\.values|data)\[")
+
+
+def _classify_validation_error(message: str, seq: int | None) -> ProtocolError:
+    """Map a msgspec validation message to a protocol error code.
+
+    msgspec's messages are stable text (``Expected ... - at `$.path```); the
+    vector tests pin every mapping below, so a change in msgspec shows up there.
+    """
+    if message.startswith("Invalid value") and message.endswith("- at `$.type`"):
+        return ProtocolError(ErrorCode.UNKNOWN_TYPE, message, seq)
+    if "matching regex" in message and ("`key` in" in message or message.endswith(".name`")):
+        return ProtocolError(ErrorCode.BAD_METRIC_NAME, message, seq)
+    length = _LENGTH.search(message)
+    if length:
+        kind, _, path = length.groups()
+        if kind == "array" and path == ".samples":
+            return ProtocolError(ErrorCode.TOO_MANY_SAMPLES, message, seq)
+        if kind == "object" and (path.endswith(".values") or path == ".data"):
+            return ProtocolError(ErrorCode.TOO_MANY_VALUES, message, seq)
+        if kind == "str" and _VALUE_PATH.search(message):
+            return ProtocolError(ErrorCode.STRING_TOO_LONG, message, seq)
+    if _VALUE_PATH.search(message):
+        return ProtocolError(ErrorCode.BAD_VALUE, message, seq)
+    if message.endswith("`$.ts`") or message.endswith(".ts`"):
+        return ProtocolError(ErrorCode.BAD_TIMESTAMP, message, seq)
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, message, seq)
+
+
+__all__ = [
+    "MIN_TIMESTAMP_MS",
+    "check_clock",
+    "decode_device_message",
+    "decode_gateway_message",
+    "encode",
+    "encode_text",
+]
