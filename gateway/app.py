@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sqlite3
@@ -93,7 +94,7 @@ class Gateway:
         while True:
             assert self.committer is not None
             cutoff = int((time.time() - days * 86400) * 1000)
-            deleted = await self.committer.call(lambda conn: delete_older_than(conn, cutoff))
+            deleted = await self.committer.call(functools.partial(delete_older_than, cutoff_ms=cutoff))
             if deleted:
                 log.info("retention: deleted %d readings older than %g days", deleted, days)
             await asyncio.sleep(RETENTION_EVERY_S)

@@ -46,14 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="device plane address to bind (overrides [device] host)")
     serve.add_argument("--port", type=int, help="device plane port, 0 for any free one")
-    serve.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    serve.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="gateway + simulated Raspberry Pi agents, on this machine")
     demo.add_argument("--dir", default="demo-data", help="where the demo keeps its store and agent files")
     demo.add_argument("--agents", type=int, default=3, help="number of simulated Pi agents (default 3)")
     demo.add_argument("--port", type=int, default=8765, help="device plane port (default 8765, 0 = any)")
-    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = run until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, default=0, help="stop after this many seconds (0 = run until Ctrl-C)"
+    )
     demo.set_defaults(func=_demo)
 
     device = sub.add_parser("device", help="register, list and remove devices").add_subparsers(
@@ -148,7 +152,9 @@ def _device_list(args: argparse.Namespace) -> int:
     if not devices:
         print("no devices yet: add one with `iotgw device add NAME`")
         return 0
-    header = f"{'NAME':<20} {'LAST SEEN':<20} {'AGENT':<22} {'SEQ':>8} {'READINGS':>10} {'DROPPED':>8}  LABELS"
+    header = (
+        f"{'NAME':<20} {'LAST SEEN':<20} {'AGENT':<22} {'SEQ':>8} {'READINGS':>10} {'DROPPED':>8}  LABELS"
+    )
     print(header)
     for d in devices:
         seen = _when(d.last_seen_ms)
@@ -180,7 +186,11 @@ def _device_remove(args: argparse.Namespace) -> int:
     conn = store.connect(config.store.path, create=False)
     deleted = registry.remove_device(conn, args.name, purge=args.purge)
     conn.close()
-    kept = f"deleted {deleted} readings" if args.purge else "its readings stay in the store (use --purge to delete)"
+    kept = (
+        f"deleted {deleted} readings"
+        if args.purge
+        else "its readings stay in the store (use --purge to delete)"
+    )
     print(f"device {args.name} removed; its token no longer works; {kept}")
     return 0
 

@@ -58,9 +58,7 @@ def now_ms() -> int:
 class DeviceServer:
     """Accepts device connections; ``await start()``, later ``await stop()``."""
 
-    def __init__(
-        self, settings: DeviceSettings, conn: sqlite3.Connection, committer: GroupCommitter
-    ) -> None:
+    def __init__(self, settings: DeviceSettings, conn: sqlite3.Connection, committer: GroupCommitter) -> None:
         self.settings = settings
         self._conn = conn  # read-only use on the event loop: auth and hello lookups
         self._committer = committer
@@ -108,7 +106,9 @@ class DeviceServer:
         path = request.path.split("?", 1)[0]
         if path != DEVICE_PATH:
             self.refused_handshakes += 1
-            return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such endpoint; devices use {DEVICE_PATH}\n")
+            return connection.respond(
+                http.HTTPStatus.NOT_FOUND, f"no such endpoint; devices use {DEVICE_PATH}\n"
+            )
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             return self._unauthorized(connection, "missing or malformed 'Authorization: Bearer <token>'\n")
@@ -189,6 +189,7 @@ class DeviceSession:
         self._sent_ack = 0
         self._ack_wakeup = asyncio.Event()
         self._closing = False
+        self._close_task: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         log.info("device %s connected from %s", self.record.name, self.peer)
@@ -209,7 +210,7 @@ class DeviceSession:
         """Close the connection with ``code`` without waiting (safe to call twice)."""
         if not self._closing:
             self._closing = True
-            asyncio.ensure_future(self.connection.close(code, reason))
+            self._close_task = asyncio.ensure_future(self.connection.close(code, reason))
 
     async def _close(self, code: CloseCode, reason: str) -> bool:
         """Close with ``code`` from inside the session and wait for it; returns False."""
@@ -347,7 +348,9 @@ class DeviceSession:
         error = Error(code=exc.code.value, detail=exc.detail, seq=exc.seq)
         await self.connection.send(encode(error), text=True)
         if self.refused_in_row >= self.server.settings.max_refused_in_row:
-            return await self._close(CloseCode.POLICY_VIOLATION, f"{self.refused_in_row} refused frames in a row")
+            return await self._close(
+                CloseCode.POLICY_VIOLATION, f"{self.refused_in_row} refused frames in a row"
+            )
         return True
 
     async def _send_acks(self) -> None:

@@ -13,6 +13,7 @@ growing memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -279,7 +280,5 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop closed during shutdown: nothing to tell
         loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop closed under us during shutdown; nothing to tell
-        pass

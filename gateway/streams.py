@@ -24,7 +24,7 @@ class AckTarget(Protocol):
 class StreamState:
     """Sequence bookkeeping of one device's current stream (docs/protocol.md, "seq rules")."""
 
-    __slots__ = ("committed", "device_id", "failed", "high", "inflight", "stream", "target", "_drained")
+    __slots__ = ("_drained", "committed", "device_id", "failed", "high", "inflight", "stream", "target")
 
     def __init__(self, device_id: int, stream: str, committed: int) -> None:
         self.device_id = device_id

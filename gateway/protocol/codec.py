@@ -49,7 +49,8 @@ def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_B
             _probe_seq(frame),
         )
     try:
-        return _device_decoder.decode(frame)
+        message: DeviceMessage = _device_decoder.decode(frame)
+        return message
     except msgspec.ValidationError as exc:
         raise _classify_validation_error(str(exc), _probe_seq(frame)) from None
     except msgspec.DecodeError as exc:
@@ -63,7 +64,8 @@ def decode_gateway_message(frame: str | bytes) -> GatewayMessage:
     ``invalid_message``) for a frame that is not a gateway message.
     """
     try:
-        return _gateway_decoder.decode(frame)
+        message: GatewayMessage = _gateway_decoder.decode(frame)
+        return message
     except msgspec.ValidationError as exc:
         raise _classify_validation_error(str(exc), None) from None
     except msgspec.DecodeError as exc:
@@ -80,9 +82,7 @@ def encode_text(message: msgspec.Struct) -> str:
     return _encoder.encode(message).decode()
 
 
-def check_clock(
-    samples: Iterable[Sample], now_ms: int, max_skew_ms: int, seq: int | None = None
-) -> None:
+def check_clock(samples: Iterable[Sample], now_ms: int, max_skew_ms: int, seq: int | None = None) -> None:
     """Refuse samples stamped too far in the future (``clock_skew``).
 
     Call it for every readings frame before storing it; ``now_ms`` is the
@@ -111,15 +111,19 @@ def _probe_seq(frame: str | bytes) -> int | None:
 
 
 def _classify_decode_error(frame: str | bytes, message: str) -> ProtocolError:
-    # JSON has no NaN or Infinity, but many encoders (Python's json) write them:
-    # if the stdlib parser, which accepts them, succeeds, they were the problem.
+    # JSON has no NaN or Infinity, but many encoders (Python's json) write them.
+    # The stdlib parser accepts them and reports each through parse_constant: if
+    # it parses the frame and met one, they were the problem.
+    constants: list[str] = []
     try:
-        json.loads(frame)
+        json.loads(frame, parse_constant=constants.append)
     except (ValueError, RecursionError):
         return ProtocolError(ErrorCode.INVALID_JSON, message)
+    if not constants:  # valid to the lenient parser for another reason (a lone surrogate)
+        return ProtocolError(ErrorCode.INVALID_JSON, f"{message} (text that is not valid UTF-8)")
     return ProtocolError(
         ErrorCode.BAD_VALUE,
-        "NaN and Infinity are not valid values; send only finite numbers",
+        f"{constants[0]} is not a valid value; send only finite numbers",
         _seq_from_lenient(frame),
     )
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     """Code of an ``error`` message, sent by the gateway for one refused frame."""
 
     INVALID_JSON = "invalid_json"

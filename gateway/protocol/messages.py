@@ -7,7 +7,7 @@ enforces them while decoding, in C, without a second pass in Python.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import msgspec
 
@@ -21,9 +21,9 @@ HARD_FRAME_BYTES = 1_048_576
 MAX_SAMPLES = 500
 MAX_VALUES = 64
 MAX_STRING_LENGTH = 256
-METRIC_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$"
-STREAM_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+METRIC_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}\Z"
+STREAM_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
+DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
 MIN_TIMESTAMP_MS = 946_684_800_000
 """2000-01-01T00:00:00Z: anything earlier is an unsynchronised clock."""
 DEFAULT_MAX_CLOCK_SKEW_MS = 300_000
@@ -33,13 +33,13 @@ _FLOAT_MAX = 1.7976931348623157e308
 MetricName = Annotated[str, msgspec.Meta(pattern=METRIC_NAME_PATTERN)]
 FiniteFloat = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
 ShortString = Annotated[str, msgspec.Meta(max_length=MAX_STRING_LENGTH)]
-Value = Union[bool, FiniteFloat, ShortString]
+Value = bool | FiniteFloat | ShortString
 """A reading's value. JSON numbers always decode to float, so 1 and 1.0 are the same value."""
 Values = Annotated[dict[MetricName, Value], msgspec.Meta(min_length=1, max_length=MAX_VALUES)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS)]
 Counter = Annotated[int, msgspec.Meta(ge=0)]
-InfoValue = Union[bool, int, float, ShortString]
+InfoValue = bool | int | float | ShortString
 
 
 class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -120,8 +120,8 @@ class Status(_Message, tag="status"):
     info: Annotated[dict[MetricName, InfoValue], msgspec.Meta(max_length=MAX_VALUES)] = {}
 
 
-DeviceMessage = Union[Hello, Readings, Event, Result, Status]
-DataMessage = Union[Readings, Event]
+DeviceMessage = Hello | Readings | Event | Result | Status
+DataMessage = Readings | Event
 """Messages that carry a ``seq`` and are stored and acknowledged."""
 
 
@@ -153,12 +153,12 @@ class Command(_Message, tag="command"):
     deadline: int = 0
 
 
-class Error(_Message, tag="error"):
-    """One frame was refused; ``seq`` names it when it had one."""
+class Error(_Message, tag="error", omit_defaults=False):
+    """One frame was refused; ``seq`` names it when it had one (always present, may be null)."""
 
     code: str
     detail: str
     seq: int | None = None
 
 
-GatewayMessage = Union[Welcome, Ack, Command, Error]
+GatewayMessage = Welcome | Ack | Command | Error

@@ -75,3 +75,85 @@ class ScriptedDevice:
         while len(self.errors) == count:
             await self.next(max(0.01, deadline - time.monotonic()))
         return self.errors[-1]
+
+
+class StreamingDevice:
+    """A device that streams ``total`` frames through gateway crashes, like a real agent.
+
+    It keeps every unacked frame, pipelines up to ``window`` frames, and on any
+    disconnect reconnects, drops frames at or below ``welcome.last_seq`` and
+    resends the rest in order. ``acked_before_crash`` records the highest ack
+    seen before ``mark()`` is called, which the test does right before a kill.
+    """
+
+    def __init__(self, url: str, token: str, name: str, total: int, *, window: int = 16,
+                 samples_per_frame: int = 1) -> None:  # fmt: skip
+        self.url = url
+        self.token = token
+        self.name = name
+        self.total = total
+        self.window = window
+        self.samples_per_frame = samples_per_frame
+        self.unacked: dict[int, str] = {}
+        self.next_seq = 1
+        self.acked = 0
+        self.marked_ack = 0
+        self.connections = 0
+        self.done = asyncio.Event()
+
+    def mark(self) -> None:
+        self.marked_ack = self.acked
+
+    def _make(self, seq: int) -> str:
+        base = now_ms()
+        samples = [
+            {"ts": base + i, "values": {"seq": seq, "i": i, "temp": 20 + (seq % 50) / 10}}
+            for i in range(self.samples_per_frame)
+        ]
+        return json.dumps({"type": "readings", "seq": seq, "samples": samples})
+
+    async def run(self, deadline_s: float = 60.0) -> None:
+        stop_at = time.monotonic() + deadline_s
+        while self.acked < self.total:
+            if time.monotonic() > stop_at:
+                raise TimeoutError(f"{self.name}: acked {self.acked} of {self.total}")
+            try:
+                await self._session()
+            except (TimeoutError, OSError, Exception) as exc:  # reconnect on anything
+                if self.acked >= self.total:
+                    break
+                del exc
+                await asyncio.sleep(0.05)
+        self.done.set()
+
+    async def _session(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with connect(self.url, additional_headers=headers, compression=None, open_timeout=2) as ws:
+            self.connections += 1
+            await ws.send(json.dumps({"type": "hello", "stream": "stream-" + self.name, "agent": "streamer/1",
+                                      "last_acked": self.acked}))  # fmt: skip
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert welcome["type"] == "welcome", welcome
+            self._ack(welcome["last_seq"])
+            in_flight: list[int] = sorted(self.unacked)
+            for seq in in_flight:
+                await ws.send(self.unacked[seq])
+            sent = in_flight[-1] if in_flight else self.acked
+            while self.acked < self.total:
+                while self.next_seq <= self.total and self.next_seq - self.acked <= self.window:
+                    seq = self.next_seq
+                    self.next_seq += 1
+                    self.unacked[seq] = self._make(seq)
+                    await ws.send(self.unacked[seq])
+                    sent = seq
+                message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if message["type"] == "ack":
+                    self._ack(message["seq"])
+                elif message["type"] == "error":
+                    raise AssertionError(f"{self.name}: unexpected error {message} (sent through {sent})")
+
+    def _ack(self, seq: int) -> None:
+        for s in [s for s in self.unacked if s <= seq]:
+            del self.unacked[s]
+        self.acked = max(self.acked, seq)
+        self.next_seq = max(self.next_seq, seq + 1)

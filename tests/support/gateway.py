@@ -1,10 +1,10 @@
 """A real gateway process for tests: ``python -m gateway.cli serve`` on a free port.
 
-    with GatewayProcess.start(tmp_path) as gw:
-        token = gw.add_device("pi-1")
-        ... connect to gw.device_url ...
-        gw.kill(); gw.restart()
-        rows = gw.readings("pi-1")
+with GatewayProcess.start(tmp_path) as gw:
+    token = gw.add_device("pi-1")
+    ... connect to gw.device_url ...
+    gw.kill(); gw.restart()
+    rows = gw.readings("pi-1")
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ class GatewayProcess:
         log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(self.store_path),
                "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

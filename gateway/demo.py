@@ -1,0 +1,237 @@
+"""``iotgw demo``: a gateway with the embedded store and simulated Raspberry Pi agents.
+
+Everything runs on this machine: the gateway in this process, each agent as a
+real ``iotgw-agent run`` subprocess with gpiozero's mock pins
+(``GPIOZERO_PIN_FACTORY=mock``) driven by the agent's simulation so that the
+readings move plausibly. Files live in ``--dir`` (default ``demo-data/``), so a
+second run resumes with the same devices, tokens, buffers and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, registry, store
+from .app import Gateway
+from .config import GatewayConfig
+from .logs import setup_logging
+
+DEMO_DEVICES = [
+    ("pi-kitchen", {"site": "home", "room": "kitchen"}),
+    ("pi-greenhouse", {"site": "home", "room": "greenhouse"}),
+    ("pi-garage", {"site": "home", "room": "garage"}),
+    ("pi-attic", {"site": "home", "room": "attic"}),
+    ("pi-cellar", {"site": "home", "room": "cellar"}),
+]
+
+AGENT_SENSORS = """
+[[sensors]]
+type = "cpu_temperature"
+
+[[sensors]]
+type = "load_average"
+
+[[sensors]]
+type = "disk_usage"
+path = "/"
+
+[[sensors]]
+type = "mcp3008"
+channel = 0
+metric = "soil_moisture"
+scale = 100.0
+unit = "%"
+
+[[sensors]]
+type = "light"
+pin = 18
+
+[[sensors]]
+type = "distance"
+trigger_pin = 23
+echo_pin = 24
+
+[[sensors]]
+type = "ds18b20"
+
+[[sensors]]
+type = "button"
+pin = 17
+name = "door"
+"""
+
+
+def run_demo(directory: str = "demo-data", agents: int = 3, port: int = 8765, duration: float = 0) -> int:
+    """Run the demo until Ctrl-C (or ``duration`` seconds); returns the exit code."""
+    if not 1 <= agents <= len(DEMO_DEVICES):
+        print(f"iotgw demo: --agents must be 1..{len(DEMO_DEVICES)}", file=sys.stderr)
+        return 2
+    root = Path(directory).resolve()
+    (root / "agents").mkdir(parents=True, exist_ok=True)
+    setup_logging("WARNING")
+    if port and not _port_free(port):
+        print(f"port {port} is taken (another gateway?); using a free port instead")
+        port = 0
+    config = GatewayConfig()
+    config.store.path = str(root / "gateway.sqlite3")
+    config.device.host = "127.0.0.1"
+    config.device.port = port
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration))
+    return 0
+
+
+async def _demo(
+    root: Path, config: GatewayConfig, devices: list[tuple[str, dict[str, str]]], duration: float
+) -> None:
+    gateway = Gateway(config)
+    await gateway.start()
+    configs = _provision(root, config.store.path, gateway.device_url, devices)
+    procs = [_start_agent(root, name, path) for name, path in configs.items()]
+    _banner(root, gateway, list(configs))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            _report(config.store.path, list(configs), procs)
+            if duration and time.monotonic() - started >= duration:
+                break
+    finally:
+        print("\nstopping the agents and the gateway…")
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await gateway.stop()
+        print(f"stopped. The store stays in {config.store.path}; run `make demo` again to resume.")
+
+
+def _provision(
+    root: Path, store_path: str, url: str, devices: list[tuple[str, dict[str, str]]]
+) -> dict[str, Path]:
+    """Register the demo devices and write each agent's config; reuses earlier runs' files."""
+    conn = store.connect(store_path)
+    configs = {}
+    try:
+        for name, labels in devices:
+            path = root / "agents" / f"{name}.toml"
+            if registry.find_by_name(conn, name) is None:
+                token = registry.add_device(conn, name, labels)
+            elif path.exists():
+                token = _token_in(path)
+            else:
+                token = registry.rotate_token(conn, name)
+            path.write_text(_agent_config(name, url, token, root), encoding="utf-8")
+            path.chmod(0o600)
+            configs[name] = path
+    finally:
+        conn.close()
+    return configs
+
+
+def _token_in(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "token":
+            return value.strip().strip('"')
+    raise ValueError(f"no token in {path}")
+
+
+def _agent_config(name: str, url: str, token: str, root: Path) -> str:
+    return (
+        f"# written by `iotgw demo`; a real Pi's agent config looks the same without [simulation]\n"
+        f'[gateway]\nurl = "{url}"\ntoken = "{token}"\ndevice = "{name}"\n\n'
+        f'[agent]\ninterval = 2.0\nbuffer_path = "{root / "agents" / (name + ".buffer.sqlite3")}"\n'
+        f"status_interval = 30.0\n\n"
+        f"[simulation]\nenabled = true\nevent_interval = 15.0\n" + AGENT_SENSORS
+    )
+
+
+def _start_agent(root: Path, name: str, config_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
+    log = (root / "agents" / f"{name}.log").open("ab")
+    cmd = [sys.executable, "-m", "device_agent", "run", "--config", str(config_path)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+
+
+def _banner(root: Path, gateway: Gateway, names: list[str]) -> None:
+    store_path = gateway.store_path
+    rel = os.path.relpath(store_path)
+    print(
+        f"""
+iotgw {__version__} demo is running.
+
+  gateway      devices connect to {gateway.device_url}
+  store        {rel}   (SQLite, WAL; every reading acked to a device is in here)
+  agents       {", ".join(names)}  (simulated Raspberry Pis, gpiozero mock pins)
+  agent logs   {os.path.relpath(root / "agents")}/<name>.log
+  agent config {os.path.relpath(root / "agents")}/<name>.toml
+
+Where to look, from another terminal:
+  .venv/bin/iotgw device list --store {rel}
+  sqlite3 {rel} "SELECT d.name, r.ts, r.data FROM readings r JOIN devices d ON d.id = r.device_id ORDER BY r.id DESC LIMIT 10"
+  tail -f {os.path.relpath(root / "agents")}/pi-kitchen.log
+
+A summary prints here every 5 seconds. Stop with Ctrl-C.
+""",
+        flush=True,
+    )
+
+
+def _report(store_path: str, names: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
+    conn = store.connect(store_path, create=False)
+    try:
+        counts = registry.reading_counts(conn)
+        parts = []
+        for name, proc in zip(names, procs, strict=True):
+            record = registry.find_by_name(conn, name)
+            if record is None:
+                continue
+            row = conn.execute(
+                "SELECT data FROM readings WHERE device_id = ? ORDER BY id DESC LIMIT 1", (record.id,)
+            ).fetchone()
+            latest = _short(row[0]) if row else "no readings yet"
+            state = "running" if proc.poll() is None else f"EXITED {proc.returncode}"
+            events = conn.execute("SELECT count(*) FROM events WHERE device_id = ?", (record.id,)).fetchone()[
+                0
+            ]
+            parts.append(
+                f"  {name:<14} {counts.get(record.id, 0):>6} readings {events:>4} events  {latest}  [{state}]"
+            )
+    finally:
+        conn.close()
+    print(time.strftime("%H:%M:%S") + "\n" + "\n".join(parts), flush=True)
+
+
+def _short(data: str) -> str:
+    values = json.loads(data)
+    keys = ["cpu_temp", "soil_moisture", "light", "distance_m", "load_1m"]
+    shown = [f"{k}={values[k]:.2f}" for k in keys if isinstance(values.get(k), float)]
+    return " ".join(shown)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
