@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/iotgw demo
 
-## test: lint, type check and the whole test suite against real sockets and files
-test: lint typecheck pytest
+## test: system packages, lint, type check and the whole test suite against real servers
+test: system-deps lint typecheck pytest
+
+## system-deps: the Debian packages the tests use (apt; asks for sudo when not root)
+system-deps:
+	bash .ci/system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway device_agent tests bench

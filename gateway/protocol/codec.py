@@ -42,10 +42,13 @@ def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_B
     refused. Timestamps against the clock and seq order are checked by the
     caller (``check_clock``, the session), which holds the clock and the state.
     """
-    if len(frame) > max_frame_bytes:
+    size = len(frame)
+    if type(frame) is str and size * 4 > max_frame_bytes:  # up to 4 UTF-8 bytes a character
+        size = len(frame.encode("utf-8", "surrogatepass"))
+    if size > max_frame_bytes:
         raise ProtocolError(
             ErrorCode.FRAME_TOO_LARGE,
-            f"frame is {len(frame)} bytes, the limit is {max_frame_bytes}",
+            f"frame is {size} bytes, the limit is {max_frame_bytes}",
             _probe_seq(frame),
         )
     try:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Debian / Raspberry Pi OS packages the gateway, the demo and the test suite use.
+# Run as root (or with sudo). Safe to run again: apt skips what is installed.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+PACKAGES=(
+  python3 python3-venv python3-dev gcc make  # the virtualenv, and wheels that compile
+  sqlite3                                    # to look into the store by hand (README)
+  procps                                     # ps/pkill used by a few tests
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system packages: all present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing: ${missing[*]}"
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
