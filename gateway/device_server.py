@@ -309,13 +309,9 @@ class DeviceSession:
             self.frames += 1
             try:
                 message = decode_device_message(frame)
-                kind = type(message)
-                if kind is Readings or kind is Event:
-                    assert isinstance(message, Readings | Event)
-                    if kind is Readings:
-                        check_clock(message.samples, now_ms(), max_skew, message.seq)  # type: ignore[union-attr]
-                    else:
-                        check_clock((message,), now_ms(), max_skew, message.seq)  # type: ignore[arg-type]
+                if isinstance(message, Readings | Event):
+                    stamped = message.samples if isinstance(message, Readings) else (message,)
+                    check_clock(stamped, now_ms(), max_skew, message.seq)
                     if not state.accept(message.seq):
                         raise ProtocolError(
                             ErrorCode.SEQ_NOT_INCREASING,
@@ -324,13 +320,12 @@ class DeviceSession:
                             message.seq,
                         )
                     committer.submit(state, device_id, state.stream, message)
-                elif kind is Status:
-                    assert isinstance(message, Status)
+                elif isinstance(message, Status):
                     committer.submit_meta(
                         device_id, buffered=message.buffered, dropped=message.dropped, info=message.info,
                         last_seen_ms=now_ms(),
                     )  # fmt: skip
-                elif kind is Result:
+                elif isinstance(message, Result):
                     log.info("device %s: result for command %s (commands arrive in a later version)",
                              self.record.name, getattr(message, "id", "?"))  # fmt: skip
                 else:

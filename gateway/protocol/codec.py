@@ -19,6 +19,7 @@ from .messages import (
     MAX_SEQ,
     MIN_TIMESTAMP_MS,
     DeviceMessage,
+    Event,
     GatewayMessage,
     Sample,
 )
@@ -85,7 +86,9 @@ def encode_text(message: msgspec.Struct) -> str:
     return _encoder.encode(message).decode()
 
 
-def check_clock(samples: Iterable[Sample], now_ms: int, max_skew_ms: int, seq: int | None = None) -> None:
+def check_clock(
+    samples: Iterable[Sample | Event], now_ms: int, max_skew_ms: int, seq: int | None = None
+) -> None:
     """Refuse samples stamped too far in the future (``clock_skew``).
 
     Call it for every readings frame before storing it; ``now_ms`` is the

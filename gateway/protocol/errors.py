@@ -13,7 +13,7 @@ Exception tree::
                             and, when the frame had one, its ``seq``
 
 This module is the only place that lists codes; docs/protocol.md mirrors it and
-``tests/gateway/test_protocol_docs.py`` checks that the two agree.
+``tests/protocol/test_protocol_docs.py`` checks that the two agree.
 """
 
 from __future__ import annotations

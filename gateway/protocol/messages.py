@@ -37,7 +37,7 @@ Value = bool | FiniteFloat | ShortString
 """A reading's value. JSON numbers always decode to float, so 1 and 1.0 are the same value."""
 Values = Annotated[dict[MetricName, Value], msgspec.Meta(min_length=1, max_length=MAX_VALUES)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
-Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS)]
+Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, le=MAX_SEQ)]
 Counter = Annotated[int, msgspec.Meta(ge=0)]
 InfoValue = bool | int | float | ShortString
 
