@@ -1,0 +1,5 @@
+"""``python -m device_agent``: the same as the ``iotgw-agent`` console script."""
+
+from .cli import main
+
+main()
