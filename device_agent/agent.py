@@ -138,7 +138,9 @@ class Agent:
             if self.buffer is not None:
                 with contextlib.suppress(Exception):
                     self._flush()
-                self.buffer.close()
+                # Input callbacks already handed to the loop may still run: they see no buffer.
+                buffer, self.buffer = self.buffer, None
+                buffer.close()
             log.info("%s stopped", AGENT_NAME)
 
     def stop(self) -> None:
