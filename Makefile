@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+LINTED  = gateway device_agent tests $(wildcard bench/*.py)
 
 .PHONY: demo test lint typecheck pytest system-deps clean
 
@@ -24,8 +25,8 @@ system-deps:
 	bash .ci/system-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway device_agent tests bench
-	$(BIN)/ruff format --check gateway device_agent tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,539 @@
+# iotgw firmware: a small WebSocket client (RFC 6455, client side) on asyncio streams.
+#
+#   ws = await ws.connect("ws://host:8765/v1/device", token="...")
+#   await ws.send('{"type":"hello"}')      # str -> text frame, bytes -> binary
+#   msg = await ws.recv()                 # str or bytes; pings answered inside
+#   await ws.close(1000)
+#
+# Exceptions (all are WSError, itself an OSError so that one `except OSError`
+# in the caller covers sockets, TLS and the WebSocket layer):
+#
+#   WSError
+#    +-- HandshakeError     the opening handshake failed (.status: HTTP status, 0 if none)
+#    +-- ConnectionClosed   the session is over (.code, .reason; .local: we closed it)
+#
+# Memory: frame headers and outgoing chunks use buffers allocated once per
+# connection; a payload is masked 512 bytes at a time; an incoming message is
+# refused (close 1009) before it is read if it would exceed max_size.
+import asyncio
+import binascii
+import hashlib
+import struct
+
+from compat import ticks_ms, urandom
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # section 1.3
+
+# Opcodes, section 5.2.
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+# Close codes used here, section 7.4.1.
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_NO_STATUS = 1005  # never sent: "the close frame had no code"
+CLOSE_ABNORMAL = 1006  # never sent: "the connection dropped without a close frame"
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+
+TX_CHUNK = 512  # payload bytes masked per write; a multiple of 4
+MAX_HEADER_LINES = 32
+MAX_HEADER_LINE = 1024
+
+
+class WSError(OSError):
+    """Base of the errors raised by this module."""
+
+
+class HandshakeError(WSError):
+    """The server did not accept the WebSocket upgrade (status: its HTTP status, 0 if none)."""
+
+    def __init__(self, msg, status=0):
+        super().__init__(msg)
+        self.status = status
+
+
+class ConnectionClosed(WSError):
+    """The WebSocket is closed; code is the code the peer sent (1005: none, 1006: dropped).
+
+    local is true when this end started the close (sent its close frame first).
+    """
+
+    def __init__(self, code, reason="", local=False):
+        super().__init__("websocket closed: %d %s" % (code, reason))
+        self.code = code
+        self.reason = reason
+        self.local = local
+
+
+def parse_url(url):
+    """ws[s]://host[:port][/path] -> (secure, host, port, path)."""
+    if url.startswith("ws://"):
+        secure, rest = False, url[5:]
+    elif url.startswith("wss://"):
+        secure, rest = True, url[6:]
+    else:
+        raise ValueError("URL must start with ws:// or wss://")
+    i = rest.find("/")
+    hostport, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
+    port = 443 if secure else 80
+    if hostport.startswith("["):  # [IPv6]:port
+        j = hostport.find("]")
+        host = hostport[1:j]
+        if hostport[j + 1 : j + 2] == ":":
+            port = int(hostport[j + 2 :])
+    elif ":" in hostport:
+        host, p = hostport.rsplit(":", 1)
+        port = int(p)
+    else:
+        host = hostport
+    if not host:
+        raise ValueError("URL has no host")
+    return secure, host, port, path
+
+
+def accept_key(key):
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (section 4.2.2, item 5.4)."""
+    return binascii.b2a_base64(hashlib.sha1(key + GUID).digest())[:-1]
+
+
+def ssl_context(ca_file=None):
+    """A client TLS context; verifies the server only when ca_file is given."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            data = f.read()
+        try:
+            ctx.load_verify_locations(cadata=data)
+        except ValueError:
+            # Some builds' mbedtls parse DER only: decode the first PEM block.
+            ctx.load_verify_locations(cadata=pem_to_der(data))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def pem_to_der(pem):
+    """DER bytes of the first certificate in PEM text (RFC 7468)."""
+    start = pem.find(b"-----BEGIN CERTIFICATE-----")
+    end = pem.find(b"-----END CERTIFICATE-----", start)
+    if start < 0 or end < 0:
+        raise ValueError("no PEM certificate in ca_file")
+    body = pem[start + 27 : end]
+    return binascii.a2b_base64(b"".join(body.split()))
+
+
+async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeout_ms=10000):
+    """Open a WebSocket; returns a WebSocket after a verified opening handshake.
+
+    token adds `Authorization: Bearer <token>`. For wss:// URLs, ssl is an
+    SSLContext (ssl_context() makes one) or None for an unverified one.
+    Raises HandshakeError, or OSError for network failures; the whole
+    handshake (TCP, TLS and HTTP) must finish within timeout_ms.
+    """
+    secure, host, port, path = parse_url(url)
+    if secure and ssl is None:
+        ssl = ssl_context()
+    reader = writer = None
+    try:
+        reader, writer = await asyncio.wait_for_ms(
+            asyncio.open_connection(host, port, ssl=ssl if secure else None), timeout_ms
+        )
+        _nodelay(writer)
+        key = binascii.b2a_base64(urandom(16))[:-1]
+        await asyncio.wait_for_ms(
+            _handshake(reader, writer, host, port, secure, path, key, token, headers), timeout_ms
+        )
+    except asyncio.TimeoutError:
+        _close_quietly(writer)
+        raise HandshakeError("opening handshake timed out")
+    except ValueError as exc:  # MicroPython's TLS reports a bad certificate this way
+        _close_quietly(writer)
+        raise HandshakeError("TLS handshake failed: %s" % str(exc).strip())
+    except BaseException:
+        _close_quietly(writer)
+        raise
+    return WebSocket(reader, writer, max_size)
+
+
+def _nodelay(writer):
+    # A frame goes out in TX_CHUNK pieces; with Nagle's algorithm on, a small
+    # last piece waits for the peer's delayed ACK (~40 ms a frame). Ports whose
+    # socket takes TCP_NODELAY (unix, ESP32) get it; the others keep Nagle.
+    try:
+        writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+    except (AttributeError, OSError, TypeError, ValueError):
+        pass
+
+
+def _close_quietly(writer):
+    if writer is not None:
+        try:
+            writer.close()
+            writer.s.close()  # MicroPython's Stream closes its socket in wait_closed()
+        except Exception:
+            pass
+
+
+async def _handshake(reader, writer, host, port, secure, path, key, token, headers):
+    # Section 4.1: the client's opening handshake.
+    default_port = 443 if secure else 80
+    hosthdr = host if port == default_port else "%s:%d" % (host, port)
+    req = [
+        "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, hosthdr, key.decode())
+    ]
+    if token:
+        req.append("Authorization: Bearer %s\r\n" % token)
+    if headers:
+        for k in headers:
+            req.append("%s: %s\r\n" % (k, headers[k]))
+    req.append("\r\n")
+    writer.write("".join(req).encode())
+    await writer.drain()
+
+    line = await reader.readline()
+    if not line:
+        raise HandshakeError("connection closed during the handshake")
+    parts = line.split(None, 2)
+    try:
+        status = int(parts[1])
+    except (IndexError, ValueError):
+        raise HandshakeError("not an HTTP response: %r" % line[:64])
+    upgrade = connection = accept = None
+    for _ in range(MAX_HEADER_LINES):
+        line = await reader.readline()
+        if not line or line in (b"\r\n", b"\n"):
+            break
+        if len(line) > MAX_HEADER_LINE:
+            raise HandshakeError("response header line too long", status)
+        i = line.find(b":")
+        if i < 0:
+            continue
+        name = line[:i].strip().lower()
+        value = line[i + 1 :].strip()
+        if name == b"upgrade":
+            upgrade = value.lower()
+        elif name == b"connection":
+            connection = value.lower()
+        elif name == b"sec-websocket-accept":
+            accept = value
+    else:
+        raise HandshakeError("too many response headers", status)
+    if status != 101:
+        raise HandshakeError("server answered HTTP %d" % status, status)
+    # Section 4.1, items 2-4 of the client's checks of the response.
+    if upgrade != b"websocket":
+        raise HandshakeError("missing Upgrade: websocket", status)
+    if connection is None or b"upgrade" not in connection:
+        raise HandshakeError("missing Connection: Upgrade", status)
+    if accept != accept_key(key):
+        raise HandshakeError("wrong Sec-WebSocket-Accept", status)
+
+
+class WebSocket:
+    """An open client WebSocket. One task may recv() while others send().
+
+    close_code / close_reason hold what the peer's close frame said once the
+    session is over (1006 if the connection dropped without one).
+    """
+
+    def __init__(self, reader, writer, max_size):
+        self._r = reader
+        self._w = writer
+        self.max_size = max_size
+        self._hdr = bytearray(8)
+        self._hmv = memoryview(self._hdr)
+        self._tx = bytearray(14 + TX_CHUNK)
+        self._txmv = memoryview(self._tx)
+        self._pat = bytearray(TX_CHUNK)  # the mask key repeated
+        self._lock = asyncio.Lock()
+        self._done = asyncio.Event()
+        self._reading = False
+        self.close_sent = False
+        self.close_code = None
+        self.close_reason = ""
+        self.closed = False
+        self.last_rx = ticks_ms()
+        self.last_pong = None
+
+    # -- receiving ------------------------------------------------------------
+
+    async def recv(self):
+        """Return the next message: str for text, bytes for binary.
+
+        Pings are answered and pongs noted on the way. Raises ConnectionClosed
+        when the session ends (peer's close, our close, failure or EOF).
+        """
+        if self.closed:
+            raise ConnectionClosed(self.close_code or CLOSE_ABNORMAL, self.close_reason)
+        self._reading = True
+        try:
+            return await self._recv()
+        except (OSError, EOFError) as exc:
+            if isinstance(exc, ConnectionClosed):
+                raise
+            # Section 7.1.5: no close frame received -> 1006.
+            if self.close_code is None:
+                self.close_code = CLOSE_ABNORMAL
+            await self._shutdown()
+            raise ConnectionClosed(self.close_code, str(exc))
+        finally:
+            self._reading = False
+
+    async def _recv(self):
+        parts = None
+        total = 0
+        mop = None
+        while True:
+            fin, op, n = await self._read_header()
+            if op >= 0x8:  # control frame, section 5.5
+                if not fin or n > 125:
+                    await self._fail(CLOSE_PROTOCOL_ERROR, "bad control frame")
+                payload = await self._read_payload(n)
+                if op == OP_PING:
+                    if not self.close_sent:
+                        await self._send_frame(OP_PONG, payload)  # section 5.5.3
+                elif op == OP_PONG:
+                    self.last_pong = ticks_ms()
+                elif op == OP_CLOSE:
+                    await self._on_close(payload)
+                else:
+                    await self._fail(CLOSE_PROTOCOL_ERROR, "unknown control opcode")
+                continue
+            if op == OP_CONT:
+                if mop is None:
+                    await self._fail(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            elif op == OP_TEXT or op == OP_BINARY:
+                if mop is not None:
+                    await self._fail(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+                mop = op
+            else:
+                await self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
+            if total + n > self.max_size:
+                # Refuse before reading: nothing of it is ever in RAM (section 7.4.1, 1009).
+                await self._fail(CLOSE_TOO_BIG, "message over %d bytes" % self.max_size)
+            data = await self._read_payload(n)
+            total += n
+            if not fin:
+                if parts is None:
+                    parts = []
+                parts.append(data)
+                continue
+            if parts is not None:  # section 5.4: reassemble the fragments
+                parts.append(data)
+                data = b"".join(parts)
+                parts = None
+            if self.close_sent:
+                # Closing: data after our close frame is discarded (section 1.4).
+                mop = None
+                total = 0
+                continue
+            if mop == OP_TEXT:
+                try:
+                    return str(data, "utf-8")
+                except UnicodeError:
+                    await self._fail(CLOSE_INVALID_DATA, "text message is not UTF-8")
+            return bytes(data)
+
+    async def _read_exact(self, mv):
+        n = 0
+        end = len(mv)
+        while n < end:
+            r = await self._r.readinto(mv[n:])
+            if r is None:  # TLS: the socket was readable but no record is complete yet
+                continue
+            if r == 0:
+                raise EOFError("connection closed by the peer")
+            n += r
+        self.last_rx = ticks_ms()
+
+    async def _read_header(self):
+        # Section 5.2: FIN, RSV1-3, opcode; MASK, payload length (7, 7+16 or 7+64 bits).
+        h = self._hmv
+        await self._read_exact(h[:2])
+        b0 = self._hdr[0]
+        b1 = self._hdr[1]
+        if b0 & 0x70:
+            await self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set")  # no extension negotiated
+        if b1 & 0x80:
+            await self._fail(CLOSE_PROTOCOL_ERROR, "server frames must not be masked")
+        n = b1 & 0x7F
+        if n == 126:
+            await self._read_exact(h[:2])
+            n = struct.unpack_from("!H", self._hdr)[0]
+        elif n == 127:
+            await self._read_exact(h[:8])
+            n = struct.unpack_from("!Q", self._hdr)[0]
+        return b0 & 0x80, b0 & 0x0F, n
+
+    async def _read_payload(self, n):
+        buf = bytearray(n)
+        if n:
+            await self._read_exact(memoryview(buf))
+        return buf
+
+    async def _on_close(self, payload):
+        # Section 5.5.1: answer a close with a close (echoing the code), then end.
+        if len(payload) >= 2:
+            code = struct.unpack_from("!H", payload)[0]
+            try:
+                reason = str(payload[2:], "utf-8")
+            except UnicodeError:
+                reason = ""
+        else:
+            code, reason = CLOSE_NO_STATUS, ""
+        self.close_code = code
+        self.close_reason = reason
+        local = self.close_sent
+        if not self.close_sent:
+            try:
+                await self._send_close(code if code != CLOSE_NO_STATUS else None, "")
+            except OSError:
+                pass
+        await self._shutdown()
+        raise ConnectionClosed(code, reason, local)
+
+    async def _fail(self, code, reason):
+        """Fail the connection (section 7.1.7): send close(code), wait briefly, drop it."""
+        if not self.close_sent:
+            try:
+                await self._send_close(code, reason)
+            except OSError:
+                pass
+        # Let the peer read our close frame before the socket goes: closing a
+        # socket with unread input makes the kernel send a RST, which can
+        # discard the close frame on the way. Read and discard until EOF.
+        try:
+            await asyncio.wait_for_ms(self._discard(), 1000)
+        except (asyncio.TimeoutError, OSError, EOFError):
+            pass
+        await self._shutdown()
+        raise ConnectionClosed(code, reason, True)
+
+    async def _discard(self):
+        scratch = memoryview(self._hdr)
+        while True:
+            r = await self._r.readinto(scratch)
+            if r == 0:
+                return
+
+    # -- sending --------------------------------------------------------------
+
+    async def send(self, data):
+        """Send str as one text frame, bytes/bytearray/memoryview as one binary frame."""
+        if isinstance(data, str):
+            await self._send_frame(OP_TEXT, data)
+        else:
+            await self._send_frame(OP_BINARY, data)
+
+    async def ping(self, data=b""):
+        await self._send_frame(OP_PING, data)
+
+    async def _send_close(self, code, reason):
+        if code is None:
+            payload = b""
+        else:
+            payload = struct.pack("!H", code) + reason.encode()[:123]
+        await self._send_frame(OP_CLOSE, payload)
+        self.close_sent = True
+
+    async def _send_frame(self, op, payload):
+        # Section 5.2/5.3: client frames are masked with a fresh random key.
+        async with self._lock:
+            if self.closed or self.close_sent:
+                raise ConnectionClosed(self.close_code or CLOSE_ABNORMAL, "closed", True)
+            src = memoryview(payload)  # str too: its UTF-8 bytes, no copy
+            n = len(src)
+            tx = self._tx
+            tx[0] = 0x80 | op
+            if n < 126:
+                tx[1] = 0x80 | n
+                h = 2
+            elif n < 65536:
+                tx[1] = 0x80 | 126
+                struct.pack_into("!H", tx, 2, n)
+                h = 4
+            else:
+                tx[1] = 0x80 | 127
+                struct.pack_into("!Q", tx, 2, n)
+                h = 10
+            key = urandom(4)
+            tx[h : h + 4] = key
+            h += 4
+            pat = self._pat
+            pat[0:4] = key
+            k = 4
+            while k < TX_CHUNK:  # repeat the key by doubling: C-speed copies
+                c = min(k, TX_CHUNK - k)
+                pat[k : k + c] = pat[0:c]
+                k += c
+            off = 0
+            pos = h
+            w = self._w
+            while True:
+                m = min(n - off, TX_CHUNK)
+                if m:
+                    # XOR m bytes at once as big integers; pat starts on a key
+                    # boundary because every chunk but the last is TX_CHUNK long.
+                    x = int.from_bytes(src[off : off + m], "big") ^ int.from_bytes(pat[:m], "big")
+                    tx[pos : pos + m] = x.to_bytes(m, "big")
+                w.write(self._txmv[: pos + m])
+                await w.drain()
+                off += m
+                pos = 0
+                if off >= n:
+                    break
+
+    # -- closing --------------------------------------------------------------
+
+    async def close(self, code=CLOSE_NORMAL, reason="", timeout_ms=2000):
+        """Start the closing handshake and wait (up to timeout_ms) for the peer's close."""
+        if self.closed:
+            return
+        try:
+            if not self.close_sent:
+                await self._send_close(code, reason)
+            if self._reading:
+                # Another task is in recv(): it will see the peer's close frame.
+                await asyncio.wait_for_ms(self._done.wait(), timeout_ms)
+            else:
+                await asyncio.wait_for_ms(self._until_closed(), timeout_ms)
+        except (OSError, EOFError, asyncio.TimeoutError):
+            pass
+        await self._shutdown()
+
+    async def _until_closed(self):
+        try:
+            while True:
+                await self._recv()
+        except ConnectionClosed:
+            pass
+
+    def abort(self):
+        """Drop the connection now, without a closing handshake."""
+        if not self.closed:
+            self.closed = True
+            if self.close_code is None:
+                self.close_code = CLOSE_ABNORMAL
+            _close_quietly(self._w)
+            self._done.set()
+
+    async def _shutdown(self):
+        if not self.closed:
+            self.closed = True
+            if self.close_code is None:
+                self.close_code = CLOSE_ABNORMAL
+            try:
+                self._w.close()
+                await self._w.wait_closed()
+            except OSError:
+                pass
+            self._done.set()
