@@ -1,4 +1,4 @@
-"""`iotgw demo`, the README's first command, runs and shows readings from three agents."""
+"""`iotgw demo`, the README's first command, shows readings from three agents and a board."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.support.gateway import repo_env
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_three_simulated_agents_and_says_where_to_look(tmp_path: Path) -> None:
+def test_demo_runs_three_simulated_agents_and_a_board_and_says_where_to_look(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "gateway.cli", "demo", "--duration", "11", "--port", "0", "--dir", "demo"]
     result = subprocess.run(cmd, cwd=tmp_path, env=repo_env(), capture_output=True, text=True, timeout=90)
     out = result.stdout
@@ -24,14 +24,17 @@ def test_demo_runs_three_simulated_agents_and_says_where_to_look(tmp_path: Path)
     assert "demo/gateway.sqlite3" in out
     assert "Stop with Ctrl-C" in out
     summary = out.split("A summary prints here")[1]
-    for name in ("pi-kitchen", "pi-greenhouse", "pi-garage"):
+    assert "board-greenhouse (the real MicroPython firmware" in out  # micropython is a test dependency
+    for name in ("pi-kitchen", "pi-greenhouse", "pi-garage", "board-greenhouse"):
         counts = [int(n) for n in re.findall(rf"{name}\s+(\d+) readings", summary)]
         assert counts and counts[-1] > 0, f"{name}: no readings in the summary:\n{summary}"
         assert "[running]" in summary
     conn = store.connect(tmp_path / "demo" / "gateway.sqlite3")
     try:
         devices = {d.name: d for d in registry.list_devices(conn)}
-        assert set(devices) == {"pi-kitchen", "pi-greenhouse", "pi-garage"}
+        assert set(devices) == {"pi-kitchen", "pi-greenhouse", "pi-garage", "board-greenhouse"}
+        board = devices.pop("board-greenhouse")
+        assert board.agent.startswith("iotgw-fw/") and board.labels["kind"] == "board"
         assert all(d.agent.startswith("iotgw-agent/") for d in devices.values())
         assert devices["pi-kitchen"].labels == {"site": "home", "room": "kitchen"}
         sensors = {s["metric"] for s in devices["pi-kitchen"].sensors}
