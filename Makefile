@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 LINTED  = gateway device_agent tests $(wildcard bench/*.py)
 
-.PHONY: demo test lint typecheck pytest system-deps clean
+.PHONY: demo test lint typecheck pytest system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## bench: simulated devices against the real gateway, a bare websockets server and Mosquitto
+## (about 6 minutes; BENCH_ARGS=--quick checks it all in under one; or name scenarios: BENCH_ARGS=ingest)
+bench: $(STAMP)
+	bash .ci/system-deps.sh
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

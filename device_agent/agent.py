@@ -28,8 +28,9 @@ from gateway._version import __version__
 from gateway.protocol import PROTOCOL_VERSION, Hello, Readings, Sample, SensorInfo, Status, Welcome, encode
 from gateway.protocol.messages import MAX_FRAME_BYTES, MAX_STRING_LENGTH, MAX_VALUES, MIN_TIMESTAMP_MS, Value
 
+from .actuators import Actuators, open_actuators
 from .buffer import FrameBuffer
-from .commands import CommandRegistry
+from .commands import CommandRegistry, register_builtins, register_custom
 from .config import AgentConfig
 from .hardware import Hardware, open_hardware
 from .link import Link, LinkSettings
@@ -70,6 +71,7 @@ class Agent:
             backoff_max=config.agent.backoff_max,
         )
         self.hardware: Hardware | None = None
+        self.actuators: Actuators | None = None
         self.buffer: FrameBuffer | None = None
         self.link: Link | None = None
         self._batch: list[Sample] = []
@@ -91,6 +93,7 @@ class Agent:
         hardware = self.hardware = open_hardware(self.config, pin_factory=self._pin_factory)
         tasks: list[asyncio.Task[Any]] = []
         try:
+            self._setup_commands(hardware)
             settings = self.config.agent
             buffer = self.buffer = FrameBuffer(
                 settings.buffer_path,
@@ -134,6 +137,8 @@ class Agent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.actuators is not None:
+                self.actuators.close()
             hardware.close()
             if self.buffer is not None:
                 with contextlib.suppress(Exception):
@@ -151,11 +156,28 @@ class Agent:
     async def read_now(self) -> Reading:
         """Sample every polled sensor now, buffer the sample at once; return the values.
 
-        Meant for the future ``read_now`` command; requires :meth:`run` to be running.
+        The ``read_now`` command calls it; requires :meth:`run` to be running.
         """
         values = await self._sample()
         self._flush()
         return values
+
+    def _setup_commands(self, hardware: Hardware) -> None:
+        """Build the actuators and register the built-in and configured commands (docs/commands.md)."""
+        self.actuators = open_actuators(self.config, pin_factory=hardware.pin_factory)
+        self.commands = CommandRegistry()
+        register_builtins(
+            self.commands,
+            read_now=self.read_now,
+            get_interval=lambda: self.interval,
+            set_interval=self._set_interval,
+            actuators=self.actuators,
+        )
+        register_custom(self.commands, self.config.commands)
+
+    def _set_interval(self, seconds: float) -> None:
+        log.info("sampling interval set to %g s by a command", seconds)
+        self.interval = seconds
 
     # -- sampling ----------------------------------------------------------------------------
 

@@ -5,11 +5,16 @@ Commands::
     iotgw-agent run   --config FILE [--log-level LEVEL]   stream to the gateway until SIGINT/SIGTERM
     iotgw-agent check --config FILE                        read every sensor once, print a table;
                                                            exit 1 if any sensor failed
+    iotgw-agent install --gateway URL --token TOKEN [--config FILE] [--dry-run]
+                                                           the agent as a systemd service (sudo)
+    iotgw-agent uninstall                                  stop and remove the service
     iotgw-agent --version
 
 Exit codes: 0 success, 1 a sensor failed (check), 2 bad command line or configuration.
 ``python -m device_agent`` and ``python -m device_agent.cli`` are the same program.
-Logs are plain ``time LEVEL logger: message`` lines on stdout.
+Logs are plain ``time LEVEL logger: message`` lines on stdout, without the time under
+systemd (journald adds it), or JSON lines with ``--log-format json`` (or
+``IOTGW_AGENT_LOG_FORMAT=json``): the gateway's :mod:`gateway.logs`.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from gateway import sdnotify
 from gateway._version import __version__
+from gateway.logs import setup_logging
 
 from .agent import Agent
 from .config import AgentConfig, ConfigError, load_config
@@ -53,17 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             help="log level (default: %(default)s)",
         )
+        sub.add_argument(
+            "--log-format",
+            default=os.environ.get("IOTGW_AGENT_LOG_FORMAT", "plain"),
+            choices=["plain", "json"],
+            help="plain lines (no timestamps under systemd) or JSON lines (default: %(default)s)",
+        )
+    from .install import add_install_commands
+
+    add_install_commands(commands)  # install, uninstall (device_agent/install.py)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``iotgw-agent`` console script; exits the process."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.command in ("install", "uninstall"):
+        sys.exit(args.func(args))
+    setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -82,7 +97,11 @@ def run(config: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
-        await agent.run()
+        systemd = asyncio.create_task(_notify_systemd(agent), name="systemd-notify")
+        try:
+            await agent.run()
+        finally:
+            systemd.cancel()
 
     try:
         asyncio.run(_main())
@@ -90,6 +109,16 @@ def run(config: AgentConfig) -> int:
         log.error("cannot run: %s", exc)
         return 1
     return 0
+
+
+async def _notify_systemd(agent: Agent) -> None:
+    """Under systemd (Type=notify): READY=1 once the sensors and the buffer are open and
+    sampling starts (``agent.ready``), then feed the watchdog from the event loop."""
+    await agent.ready.wait()
+    sdnotify.notify(
+        "READY=1", status=f"sampling every {agent.interval:g} s, sending to {agent.config.gateway.url}"
+    )
+    await sdnotify.watchdog_loop()
 
 
 def check(config: AgentConfig, out: TextIO | None = None) -> int:

@@ -27,6 +27,16 @@ File shape (every key but ``gateway.url`` and ``gateway.token`` has a default)::
     [[sensors]]
     type = "cpu_temperature"          # see the *Sensor structs below for each type's keys
 
+    [[actuators]]                     # driven by the set / toggle / blink commands
+    type = "led"                      # led | pwm_led | output (relay) | buzzer | servo
+    name = "status_led"
+    pin = 27
+
+    [[commands]]                      # a fixed program, run without a shell (docs/commands.md)
+    name = "restart_app"
+    argv = ["systemctl", "restart", "myapp"]
+    timeout = 30.0
+
 A relative ``buffer_path`` in the file is relative to the file's directory.
 
 Environment overrides (one scheme: ``IOTGW_AGENT_`` + section-less key name, upper case);
@@ -212,6 +222,69 @@ SensorConfig = (
 )
 
 
+# -- actuators: a tagged union on ``type`` (device_agent/actuators.py) ----------------------
+
+
+class _ActuatorBase(_Section, tag_field="type"):
+    name: MetricName
+    """What commands call it: ``set target=<name>``."""
+    pin: Pin
+
+
+class LedActuator(_ActuatorBase, tag="led"):
+    """An LED, on or off (gpiozero ``LED``)."""
+
+    active_high: bool = True
+    initial: bool = False
+
+
+class PwmLedActuator(_ActuatorBase, tag="pwm_led"):
+    """A dimmable LED, brightness 0..1 (gpiozero ``PWMLED``)."""
+
+    active_high: bool = True
+    initial: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    frequency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
+
+class OutputActuator(_ActuatorBase, tag="output"):
+    """A digital output such as a relay, on or off (gpiozero ``DigitalOutputDevice``)."""
+
+    active_high: bool = True
+    initial: bool = False
+
+
+class BuzzerActuator(_ActuatorBase, tag="buzzer"):
+    """An active buzzer, on or off; ``blink`` beeps (gpiozero ``Buzzer``)."""
+
+    active_high: bool = True
+    initial: bool = False
+
+
+class ServoActuator(_ActuatorBase, tag="servo"):
+    """A hobby servo, position -1 (min) .. 1 (max) (gpiozero ``Servo``); ``initial`` None: detached."""
+
+    initial: Annotated[float, msgspec.Meta(ge=-1, le=1)] | None = 0.0
+    min_pulse_width: Annotated[float, msgspec.Meta(gt=0, le=0.01)] = 0.001
+    max_pulse_width: Annotated[float, msgspec.Meta(gt=0, le=0.01)] = 0.002
+    frame_width: Annotated[float, msgspec.Meta(gt=0, le=0.1)] = 0.02
+
+
+ActuatorConfig = LedActuator | PwmLedActuator | OutputActuator | BuzzerActuator | ServoActuator
+
+BUILTIN_COMMANDS = ("ping", "read_now", "set_interval", "set", "toggle", "blink")
+"""Names of the agent's built-in commands (device_agent/commands.py); custom ones may not reuse them."""
+
+
+class CustomCommand(_Section):
+    """``[[commands]]``: a command that runs a fixed program (no shell, no arguments from the gateway)."""
+
+    name: MetricName
+    argv: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    """Seconds before the program is killed and the command fails."""
+    description: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
 class AgentConfig(_Section):
     """The whole file. Build it with :func:`load_config` or :func:`parse_config`."""
 
@@ -219,6 +292,8 @@ class AgentConfig(_Section):
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
     simulation: SimulationConfig = msgspec.field(default_factory=SimulationConfig)
     sensors: list[SensorConfig] = []
+    actuators: list[ActuatorConfig] = []
+    commands: list[CustomCommand] = []
 
 
 # -- environment overrides -----------------------------------------------------------------
@@ -320,6 +395,27 @@ def _check(config: AgentConfig) -> None:
             if name in names:
                 raise ConfigError(f"{where}: metric or event name {name!r} is already used by {names[name]}")
             names[name] = where
+    actuators: dict[str, str] = {}
+    for index, actuator in enumerate(config.actuators):
+        where = f"actuators[{index}]"
+        if actuator.pin in pins:
+            raise ConfigError(f"{where}: GPIO{actuator.pin} is already used by {pins[actuator.pin]}")
+        pins[actuator.pin] = where
+        if actuator.name in actuators:
+            raise ConfigError(
+                f"{where}: actuator name {actuator.name!r} is already used by {actuators[actuator.name]}"
+            )
+        actuators[actuator.name] = where
+        if isinstance(actuator, ServoActuator) and actuator.min_pulse_width >= actuator.max_pulse_width:
+            raise ConfigError(f"{where}.min_pulse_width: must be below max_pulse_width")
+    commands: dict[str, str] = {}
+    for index, command in enumerate(config.commands):
+        where = f"commands[{index}]"
+        if command.name in BUILTIN_COMMANDS:
+            raise ConfigError(f"{where}.name: {command.name!r} is a built-in command")
+        if command.name in commands:
+            raise ConfigError(f"{where}.name: {command.name!r} is already used by {commands[command.name]}")
+        commands[command.name] = where
 
 
 def sensor_pins(sensor: SensorConfig) -> list[int]:
@@ -347,22 +443,30 @@ def declared_names(sensor: SensorConfig) -> list[str]:
 
 
 __all__ = [
+    "BUILTIN_COMMANDS",
     "ENV_OVERRIDES",
     "ENV_PREFIX",
+    "ActuatorConfig",
     "AgentConfig",
     "AgentSettings",
     "ButtonSensor",
+    "BuzzerActuator",
     "ConfigError",
     "CpuTemperatureSensor",
+    "CustomCommand",
     "DigitalInputSensor",
     "DiskUsageSensor",
     "DistanceSensorConfig",
     "Ds18b20Sensor",
     "GatewayConfig",
+    "LedActuator",
     "LightSensorConfig",
     "LoadAverageSensor",
     "Mcp3008Sensor",
+    "OutputActuator",
+    "PwmLedActuator",
     "SensorConfig",
+    "ServoActuator",
     "SimulationConfig",
     "declared_names",
     "load_config",

@@ -15,11 +15,18 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import store
+from . import registry, store
+from .commands import CommandService
 from .config import GatewayConfig
 from .device_server import DEVICE_PATH, DeviceServer
+from .feed import Feed, PresenceRelay
+from .forwarder import EVENTS_CURSOR, READINGS_CURSOR, Forwarder
 from .ingest import GroupCommitter
+
+if TYPE_CHECKING:
+    from .api import OperatorApi
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,11 @@ class Gateway:
         self._read_conn: sqlite3.Connection | None = None
         self.committer: GroupCommitter | None = None
         self.devices: DeviceServer | None = None
+        self.forwarder: Forwarder | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.commands: CommandService | None = None
+        self.api: OperatorApi | None = None
+        self.feed: Feed | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -44,8 +55,34 @@ class Gateway:
         self._read_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
         self.committer = GroupCommitter(self._write_conn, max_pending_samples=cfg.store.max_pending_samples)
         self.committer.start()
+        self.feed = Feed(queue_size=cfg.api.feed_queue, resolve_name=self._device_name)  # docs/live.md
+        self.committer.listener = self.feed
+        if cfg.influx.enabled:  # before the device plane: influx.required fails fast
+            forwarder = Forwarder(cfg.influx, self.store_path, self.committer)
+            try:
+                await forwarder.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.forwarder = forwarder
+        self.commands = CommandService(self.committer)  # loads queued commands before devices connect
+        await self.commands.start()
         self.devices = DeviceServer(cfg.device, self._read_conn, self.committer)
+        self.devices.command_hooks = PresenceRelay(self.feed, self.commands)
+        self.commands.state_observers.append(self.feed.command_changed)
         await self.devices.start()
+        if cfg.api.enabled:
+            from .api import OperatorApi
+
+            api = OperatorApi(
+                cfg.api, self.commands, self.devices, self.committer, self.store_path, feed=self.feed
+            )
+            try:
+                await api.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.api = api
         self._housekeeping = asyncio.create_task(self._retention_loop(), name="retention")
 
     @property
@@ -57,14 +94,25 @@ class Gateway:
 
     async def stop(self) -> None:
         """Close in reverse order; safe to call twice."""
+        if self.feed is not None:  # live feed subscribers are told the gateway is going away
+            self.feed.close()
+        if self.api is not None:  # operators first: no request runs while the rest closes
+            await self.api.stop()
+            self.api = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
+        if self.forwarder is not None:  # what it has not confirmed stays in the store
+            await self.forwarder.stop()
+            self.forwarder = None
         if self.devices is not None:
             await self.devices.stop()
             self.devices = None
+        if self.commands is not None:  # queued commands stay queued in the store
+            await self.commands.stop()
+            self.commands = None
         if self.committer is not None:
             await self.committer.stop()
             self.committer = None
@@ -72,6 +120,12 @@ class Gateway:
             if conn is not None:
                 conn.close()
         self._read_conn = self._write_conn = None
+
+    def _device_name(self, device_id: int) -> str | None:
+        if self._read_conn is None:
+            return None
+        record = registry.find_by_id(self._read_conn, device_id)
+        return None if record is None else record.name
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGINT or SIGTERM, then shut down gracefully."""
@@ -94,25 +148,44 @@ class Gateway:
         while True:
             assert self.committer is not None
             cutoff = int((time.time() - days * 86400) * 1000)
-            deleted = await self.committer.call(functools.partial(delete_older_than, cutoff_ms=cutoff))
+            influx = self.config.influx
+            delete = functools.partial(
+                delete_older_than,
+                cutoff_ms=cutoff,
+                readings_cursor=READINGS_CURSOR if influx.enabled else None,
+                events_cursor=EVENTS_CURSOR if influx.enabled and influx.events else None,
+            )
+            deleted = await self.committer.call(delete)
             if deleted:
                 log.info("retention: deleted %d readings older than %g days", deleted, days)
             await asyncio.sleep(RETENTION_EVERY_S)
 
 
-def delete_older_than(conn: sqlite3.Connection, cutoff_ms: int) -> int:
+def delete_older_than(conn: sqlite3.Connection, cutoff_ms: int, *, readings_cursor: str | None = None,
+                      events_cursor: str | None = None) -> int:  # fmt: skip
     """Delete readings and events stamped before ``cutoff_ms``; returns readings deleted.
 
     Works device by device through the (device_id, ts) indexes, one short
-    transaction each, so ingest is never blocked for long.
+    transaction each, so ingest is never blocked for long. With a cursor name
+    (the InfluxDB forwarder's), only rows at or below that cursor go: a row
+    the forwarder has not sent yet is kept, however old.
     """
+    limits = {"readings": 2**63 - 1, "events": 2**63 - 1}
+    for table, cursor in (("readings", readings_cursor), ("events", events_cursor)):
+        if cursor is not None:
+            row = conn.execute("SELECT last_id FROM cursors WHERE name = ?", (cursor,)).fetchone()
+            limits[table] = 0 if row is None else row[0]
     deleted = 0
     device_ids = [row[0] for row in conn.execute("SELECT DISTINCT device_id FROM readings")]
     for device_id in device_ids:
         conn.execute("BEGIN")
         deleted += conn.execute(
-            "DELETE FROM readings WHERE device_id = ? AND ts < ?", (device_id, cutoff_ms)
+            "DELETE FROM readings WHERE device_id = ? AND ts < ? AND id <= ?",
+            (device_id, cutoff_ms, limits["readings"]),
         ).rowcount
-        conn.execute("DELETE FROM events WHERE device_id = ? AND ts < ?", (device_id, cutoff_ms))
+        conn.execute(
+            "DELETE FROM events WHERE device_id = ? AND ts < ? AND id <= ?",
+            (device_id, cutoff_ms, limits["events"]),
+        )
         conn.execute("COMMIT")
     return deleted

@@ -11,11 +11,14 @@ import asyncio
 import datetime as dt
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 
 from . import __version__, registry, store
 from .config import ConfigError, GatewayConfig, env_names, load_config
+from .lineprotocol import LineError, check_label
+from .opcli import add_operator_commands
 from .registry import RegistryError
 
 
@@ -46,10 +49,29 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="device plane address to bind (overrides [device] host)")
     serve.add_argument("--port", type=int, help="device plane port, 0 for any free one")
+    serve.add_argument("--api-host", help="operator API address to bind (overrides [api] host)")
+    serve.add_argument("--api-port", type=int, help="operator API port, 0 for any free one ([api] port)")
     serve.add_argument(
         "--print-config", action="store_true", help="print the effective configuration and exit"
     )
     serve.set_defaults(func=_serve)
+
+    firmware = sub.add_parser("firmware", help="the MicroPython firmware for ESP32 / Pico W boards")
+    firmware_sub = firmware.add_subparsers(title="firmware commands", metavar="ACTION")
+    deploy = firmware_sub.add_parser(
+        "deploy", help="copy the firmware and a config.json to a board (mpremote)"
+    )
+    deploy.add_argument(
+        "--port", required=True, help="the board's serial port, e.g. /dev/ttyACM0 (mpremote's device)"
+    )
+    deploy.add_argument("--config", required=True, type=Path, help="the board's config.json")
+    deploy.add_argument(
+        "--mpy", action="store_true", help="precompile modules to .mpy with mpy-cross (less RAM)"
+    )
+    deploy.add_argument(
+        "--dry-run", action="store_true", help="print the mpremote command without running it"
+    )
+    deploy.set_defaults(func=_firmware_deploy)
 
     demo = sub.add_parser("demo", help="gateway + simulated Raspberry Pi agents, on this machine")
     demo.add_argument("--dir", default="demo-data", help="where the demo keeps its store and agent files")
@@ -77,6 +99,29 @@ def _parser() -> argparse.ArgumentParser:
     rot = device.add_parser("rotate-token", parents=[common], help="give a device a new token")
     rot.add_argument("name")
     rot.set_defaults(func=_device_rotate)
+
+    status = sub.add_parser("status", parents=[common], help="the store and the InfluxDB forwarder, now")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+
+    dead = sub.add_parser(
+        "deadletters", parents=[common], help="points InfluxDB refused: list them, or mark them for resending"
+    )
+    dead.add_argument("--json", action="store_true", help="machine-readable output")
+    dead.add_argument("--all", action="store_true", help="include dead letters already resent")
+    dead.add_argument(
+        "--retry",
+        nargs="*",
+        type=int,
+        metavar="ID",
+        help="mark these dead letters (all if no ID is given) for the running gateway to resend",
+    )
+    dead.set_defaults(func=_deadletters)
+
+    add_operator_commands(sub, common)  # token, send, devices, readings (gateway/opcli.py)
+    from .install import add_gateway_commands
+
+    add_gateway_commands(sub)  # install, uninstall: the systemd service (gateway/install.py)
     return parser
 
 
@@ -88,7 +133,9 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from . import sdnotify
     from .app import Gateway
+    from .forwarder import ForwarderStartError
     from .logs import setup_logging
 
     config = _config(args)
@@ -96,8 +143,16 @@ def _serve(args: argparse.Namespace) -> int:
         config.device.host = args.host
     if args.port is not None:
         config.device.port = args.port
+    if args.api_host is not None:
+        config.api.host = args.api_host
+    if args.api_port is not None:
+        config.api.port = args.api_port
     if args.print_config:
-        print(msgspec.json.format(msgspec.json.encode(config), indent=2).decode())
+        shown = msgspec.to_builtins(config)
+        for secret in ("password", "token"):  # never print credentials
+            if shown["influx"][secret]:
+                shown["influx"][secret] = "***"
+        print(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode())
         print("# environment overrides: " + ", ".join(sorted(env_names())))
         return 0
     setup_logging(config.log.level, config.log.format)
@@ -105,12 +160,38 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         gateway = Gateway(config)
         await gateway.start()
+        if gateway.api is not None:
+            print(
+                f"operator API at {gateway.api.url} (OpenAPI: {gateway.api.url}/api/v1/openapi.json)",
+                flush=True,
+            )
         print(f"iotgw {__version__} ready: devices connect to {gateway.device_url}, store {gateway.store_path}",
               flush=True)  # fmt: skip
-        await gateway.run_until_signalled()
+        # Under systemd (Type=notify): ready once the device plane listens; the watchdog
+        # is fed from this loop, so a stuck loop gets the service restarted.
+        sdnotify.notify("READY=1", status=f"devices connect to {gateway.device_url}")
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop(), name="systemd-watchdog")
+        try:
+            await gateway.run_until_signalled()
+        finally:
+            watchdog.cancel()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ForwarderStartError as exc:
+        print(f"iotgw: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _firmware_deploy(args: argparse.Namespace) -> int:
+    from .firmware import FirmwareError, deploy
+
+    try:
+        return deploy(args.port, args.config, compiled=args.mpy, dry_run=args.dry_run)
+    except FirmwareError as exc:
+        print(f"iotgw firmware deploy: {exc}", file=sys.stderr)
+        return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -125,6 +206,10 @@ def _device_add(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RegistryError(f"label {item!r} is not KEY=VALUE")
+        try:
+            check_label(key, value)
+        except LineError as exc:
+            raise RegistryError(f"label {item!r}: {exc}") from None
         labels[key] = value
     config = _config(args)
     conn = store.connect(config.store.path, synchronous=config.store.synchronous)
@@ -202,6 +287,92 @@ def _device_rotate(args: argparse.Namespace) -> int:
     conn.close()
     print(f"new token for {args.name} (the old one stops working at its next connection):\n\n  {token}\n")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .forwarder import read_status
+
+    config = _config(args)
+    conn = store.connect(config.store.path, create=False)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (devices,) = conn.execute("SELECT count(*) FROM devices").fetchone()
+        (readings,) = conn.execute("SELECT count(*) FROM readings").fetchone()
+        (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
+        influx = read_status(conn)
+    finally:
+        conn.close()
+    if args.json:
+        out = {
+            "store": {"path": str(config.store.path), "schema": version, "devices": devices,
+                      "readings": readings, "events": events},
+            "influx": msgspec.to_builtins(influx),
+        }  # fmt: skip
+        print(msgspec.json.encode(out).decode())
+        return 0
+    print(f"store       {config.store.path} (schema {version}): {devices} devices, {readings} readings, "
+          f"{events} events")  # fmt: skip
+    if not influx.configured:
+        print("influx      not configured (set [influx] enabled = true; docs/influxdb.md)")
+        return 0
+    now = int(dt.datetime.now().timestamp() * 1000)
+    oldest = "-" if influx.oldest_pending_ts is None else f"{_age(now - influx.oldest_pending_ts)} old"
+    rows = [
+        ("target", influx.target),
+        ("state", influx.state + (f" (as of {_when(influx.updated_ms)})" if influx.updated_ms else "")),
+        ("last success", _when(influx.last_success_ms) + _ago(now, influx.last_success_ms)),
+        ("pending", f"{influx.pending_readings} readings, {influx.pending_events} events; oldest {oldest}"),
+        ("sent", f"{influx.sent_readings} readings, {influx.sent_events} events in {influx.batches} batches"
+                 " since start"),
+        ("retries", f"{influx.retries} now, {influx.total_retries} since start"),
+        ("last error", f"{influx.last_error} ({_when(influx.last_error_ms)})" if influx.last_error else "-"),
+        ("dead letters", f"{influx.dead_letters}" + (f", {influx.dead_letters_retrying} being resent"
+                                                     if influx.dead_letters_retrying else "")
+                         + ("  (iotgw deadletters)" if influx.dead_letters else "")),
+    ]  # fmt: skip
+    for label, value in rows:
+        print(f"influx      {label:<13} {value}")
+    return 0
+
+
+def _deadletters(args: argparse.Namespace) -> int:
+    from .forwarder import list_dead_letters, mark_for_retry
+
+    config = _config(args)
+    conn = store.connect(config.store.path, create=False)
+    try:
+        if args.retry is not None:
+            count = mark_for_retry(conn, args.retry or None)
+            print(f"{count} dead letters marked; the running gateway resends them within seconds "
+                  "(see `iotgw deadletters --all`)")  # fmt: skip
+            return 0
+        letters = list_dead_letters(conn, include_resent=args.all)
+    finally:
+        conn.close()
+    if args.json:
+        print(msgspec.json.encode(letters).decode())
+        return 0
+    if not letters:
+        print("no dead letters")
+        return 0
+    for d in letters:
+        print(f"#{d.id} {d.state} {d.kind} {d.row_id} of {d.device} at {_when(d.ts)}, "
+              f"HTTP {d.status or '-'}, {d.attempts} attempt(s)")  # fmt: skip
+        print(f"    error: {d.error}")
+        print(f"    line:  {d.line[:300]!r}")
+    return 0
+
+
+def _age(ms: int) -> str:
+    seconds = max(0, ms) / 1000
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def _ago(now: int, ms: int | None) -> str:
+    return "" if ms is None else f" ({_age(now - ms)} ago)"
 
 
 def _when(ms: int | None) -> str:

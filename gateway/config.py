@@ -51,6 +51,63 @@ class StoreSettings(_Section):
     """Samples waiting for the next commit before devices are slowed (backpressure)."""
 
 
+class InfluxSettings(_Section):
+    """Forwarding of readings and events to InfluxDB (docs/influxdb.md)."""
+
+    enabled: bool = False
+    api: Literal["v1", "v2"] = "v2"
+    """``v2``: /api/v2/write through influxdb-client (InfluxDB 2.x, 3.x, Cloud, compatibles);
+    ``v1``: /write (InfluxDB 1.x, as Debian and Raspberry Pi OS ship it)."""
+    url: str = "http://127.0.0.1:8086"
+    required: bool = False
+    """True: refuse to start when the target does not answer or refuses the credentials."""
+    measurement: str = "iotgw"
+    """Readings go to this measurement, events to ``<measurement>_events``."""
+    events: bool = True
+    # v2 API (``token`` is also sent, as ``Authorization: Token``, by the v1 writer if set)
+    token: str = ""
+    org: str = ""
+    bucket: str = "iotgw"
+    # v1 API
+    database: str = "iotgw"
+    retention_policy: str = ""
+    username: str = ""
+    password: str = ""
+    # batching and retries
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    max_delay: Positive = 1.0
+    """Longest time (s) a stored reading waits for its batch to fill before it is sent."""
+    timeout: Positive = 10.0
+    retry_max: Positive = 30.0
+    """Longest wait (s) between retries while InfluxDB is unreachable (exponential backoff)."""
+    string_newlines: Literal["auto", "literal", "escape"] = "auto"
+    """Newlines in string values: ``literal`` (exact with InfluxDB itself), ``escape`` (as ``\\n``,
+    for engines that split lines before parsing); ``auto``: literal for v1, escape for v2."""
+
+    def __post_init__(self) -> None:
+        from .lineprotocol import LineError, check_measurement
+
+        try:
+            check_measurement(self.measurement)
+        except LineError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class ApiSettings(_Section):
+    """The operator HTTP API (docs/api.md): JSON, bearer tokens from ``iotgw token add``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Loopback by default: set ``0.0.0.0`` to serve other machines (put TLS in front)."""
+    port: Port = 8080
+    max_wait: Annotated[float, msgspec.Meta(gt=0, le=300)] = 60.0
+    """Longest time (s) a request may wait for a command's result before it gets 202."""
+    read_connections: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    """Store connections for API reads, each used from a worker thread."""
+    feed_queue: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 1000
+    """Messages a live feed subscriber may fall behind before it is dropped (docs/live.md)."""
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["plain", "json"] = "plain"
@@ -59,12 +116,16 @@ class LogSettings(_Section):
 class GatewayConfig(_Section):
     device: DeviceSettings = msgspec.field(default_factory=DeviceSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    influx: InfluxSettings = msgspec.field(default_factory=InfluxSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
 
 
 _SECTIONS: dict[str, type[_Section]] = {
     "device": DeviceSettings,
     "store": StoreSettings,
+    "influx": InfluxSettings,
+    "api": ApiSettings,
     "log": LogSettings,
 }
 

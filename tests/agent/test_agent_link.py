@@ -343,7 +343,8 @@ def test_agent_streams_simulated_readings_and_they_are_acked(tmp_path: Path) -> 
                     ("water_temp", "°C", "temperature"),
                     ("door", "", "event"),
                 }
-                assert hello.commands == []
+                builtins = ["ping", "read_now", "set_interval"]  # no actuators configured
+                assert [c.name for c in hello.commands] == builtins
                 assert hello.info["simulated"] is True
                 assert hello.info["sensors_skipped"] == 0
                 assert "platform" in hello.info

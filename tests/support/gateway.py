@@ -46,6 +46,7 @@ class GatewayProcess:
         self.log_path = self.directory / "gateway.log"
         self.env = repo_env(env)
         self.port = 0
+        self.api_port = 0  # the operator API: any free port at the first start, the same after
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -63,6 +64,20 @@ class GatewayProcess:
     def device_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/device"
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def add_operator(self, name: str, role: str = "control") -> str:
+        """Create an operator token (gateway/operators.py) and return it."""
+        from gateway import operators
+
+        conn = self.connect()
+        try:
+            return operators.add_operator(conn, name, role)
+        finally:
+            conn.close()
+
     def launch(self, timeout: float = 15.0) -> None:
         """Start the process (same port as before, if any) and wait until it is ready."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -72,7 +87,7 @@ class GatewayProcess:
             log.write(marker)
         log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(self.store_path),
-               "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(self.port), "--api-port", str(self.api_port)]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -81,6 +96,8 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             text = self.log_path.read_text().split(marker)[-1]
             for line in text.splitlines():
+                if line.startswith("operator API at http://"):
+                    self.api_port = int(line.split("http://", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
                 if " ready: devices connect to ws://" in line:
                     self.port = int(line.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
                     return

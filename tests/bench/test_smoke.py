@@ -1,0 +1,40 @@
+"""The benchmark runner end to end, tiny and short, so that it cannot rot.
+
+It asserts behaviour only (a JSON file per scenario, every acked reading in the
+store, the table printed), never a rate or a time: figures come from
+``make bench`` on a quiet machine, not from a test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.runner import main
+
+
+@pytest.mark.timeout(120)
+def test_quick_ingest_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["ingest", "--quick", "--devices", "8", "--measure-s", "0.5", "--processes", "2",
+                 "--results-dir", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    files = list(tmp_path.glob("*-ingest-quick.json"))
+    assert len(files) == 1, out
+    document = json.loads(files[0].read_text())
+    assert document["scenario"] == "ingest"
+    assert document["error"] is None
+    assert document["machine"]["cores"] >= 1
+    assert document["machine"]["sqlite"] and document["machine"]["websockets"]
+    checks = document["checks"]
+    assert checks and all(checks.values()), checks
+    for run in document["details"]["runs"].values():
+        assert run["connected"] == run["devices"] == 8
+        assert run["samples_acked"] > 0
+        assert run["store_rows"] == run["samples_acked"]  # every acked reading is stored, once
+        assert not run["errors"] and not run["closes"]
+    assert "frames/s, 1 sample/frame" in out
+    assert "check: 1x: rows == acked readings" in out
