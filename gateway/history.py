@@ -176,16 +176,6 @@ def store_bytes(path: Path) -> int:
     return total
 
 
-def forwarder_states(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Rows of ``forwarder_state`` (written by the InfluxDB forwarder), or [] before it exists."""
-    try:
-        cursor = conn.execute("SELECT * FROM forwarder_state ORDER BY name")
-    except sqlite3.OperationalError:
-        return []
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
 __all__ = [
     "LATEST_SCAN_ROWS",
     "Bucket",
@@ -194,7 +184,6 @@ __all__ = [
     "ReadPool",
     "downsample",
     "events",
-    "forwarder_states",
     "history",
     "latest",
     "store_bytes",

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__, commands, history, registry
 from ..commands import CommandError, CommandRecord, UnknownCommand
+from ..forwarder import read_status as read_forwarder_status
 from ..lineprotocol import check_label
 from ..metrics import CONTENT_TYPE
 from ..protocol.messages import MAX_SEQ
@@ -145,7 +146,8 @@ async def status(request: Request, _: Reader) -> StatusOut:
 
     def read(conn: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
         (count,) = conn.execute("SELECT count(*) FROM devices").fetchone()
-        return int(count), history.forwarder_states(conn)
+        forwarder = read_forwarder_status(conn)
+        return int(count), [msgspec.to_builtins(forwarder)] if forwarder.configured else []
 
     registered, forwarders = await ctx.reads.run(read)
     c = ctx.committer

@@ -182,5 +182,6 @@ class StatusOut(_Out):
     commands_open: dict[str, int]
     commands_finished: dict[str, int]
     forwarders: list[dict[str, Any]] = Field(
-        description="InfluxDB forwarder state (rows of forwarder_state); empty when none runs"
+        description="InfluxDB forwarder: state, target, last success, retries, pending readings, "
+        "oldest pending timestamp (ms), dead letters; empty when no forwarder is configured"
     )

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +37,6 @@ def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetri
 def v1_env(influx: InfluxDB1 | str, database: str, **extra: str) -> dict[str, str]:
     """Gateway environment forwarding to ``influx`` (a server or a URL) through the v1 API, for quick tests."""
     env = {
-        "IOTGW_API_ENABLED": "false",  # the operator API is not under test here: no port to share
         "IOTGW_INFLUX_ENABLED": "true",
         "IOTGW_INFLUX_API": "v1",
         "IOTGW_INFLUX_URL": influx if isinstance(influx, str) else influx.url,
@@ -78,6 +78,17 @@ def status(gw: GatewayProcess) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     influx: dict[str, Any] = json.loads(result.stdout)["influx"]
     return influx
+
+
+def api_status(gw: GatewayProcess) -> dict[str, Any]:
+    """GET /api/v1/status with a fresh read token, as the live page does."""
+    token = gw.add_operator(f"reader-{time.monotonic_ns()}", role="read")
+    request = urllib.request.Request(
+        f"{gw.api_url}/api/v1/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body: dict[str, Any] = json.loads(response.read())
+    return body
 
 
 class UniqueStreamer(StreamingDevice):

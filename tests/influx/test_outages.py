@@ -13,7 +13,7 @@ from tests.support.device import ScriptedDevice, now_ms
 from tests.support.gateway import GatewayProcess
 from tests.support.services import InfluxDB1
 
-from .conftest import UniqueStreamer, run, status, v1_env, wait_for
+from .conftest import UniqueStreamer, api_status, run, status, v1_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +64,7 @@ def test_influxdb_outage_while_devices_stream_loses_and_duplicates_nothing(tmp_p
                 while min(progress) < frames * 3 // 4:
                     await asyncio.sleep(0.02)
                 seen["status"] = await asyncio.to_thread(status, gw)
+                seen["api"] = await asyncio.to_thread(api_status, gw)
                 seen["restarted_at"] = min(progress)
                 await asyncio.to_thread(influx.launch)
 
@@ -76,6 +77,13 @@ def test_influxdb_outage_while_devices_stream_loses_and_duplicates_nothing(tmp_p
             assert isinstance(during, dict)
             assert during["state"] == "retrying" and during["retries"] >= 1 and during["pending_readings"] > 0
             assert "unreachable" in during["last_error"]
+            # The operator API (and so the live page) shows the same forwarder state.
+            api = seen["api"]
+            assert isinstance(api, dict)
+            (forwarder,) = api["forwarders"]
+            assert forwarder["state"] == "retrying" and forwarder["pending_readings"] > 0
+            assert forwarder["oldest_pending_ts"] > 0 and forwarder["dead_letters"] == 0
+            assert forwarder["target"] == during["target"]
 
             expected = devices * frames * spf
             wait_for("InfluxDB to catch up", lambda: total_points(influx, db) >= expected, timeout=60)
