@@ -82,20 +82,19 @@ def check_board_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def deploy_command(port: str, config: Path, staging: Path, source: Path | None = None) -> list[str]:
+def deploy_command(port: str, config: Path, staging: Path) -> list[str]:
     """The one ``mpremote`` command line that installs the firmware on the board at ``port``.
 
-    Files are copied from ``staging`` (filled by ``stage``): ``.mpy`` for every
-    module when compiled, the entry points always as ``.py``.
+    Files are copied from ``staging`` (filled by ``stage``): top-level files one by
+    one, packages (``drivers/``) with ``cp -r``, which creates the directory or
+    copies into it on a re-deploy. Then ``config.json``, then a reset.
     """
-    source = source or firmware_dir()
     argv = [tool("mpremote", "mpremote"), "connect", port]
-    for directory in sorted({p.parent for p in firmware_files(source) if p.parent != Path(".")}):
-        argv += ["fs", "mkdir", f":{directory.as_posix()}", "+"]
-    for path in sorted(staging.rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(staging).as_posix()
-            argv += ["fs", "cp", str(path), f":{rel}", "+"]
+    for path in sorted(staging.iterdir()):
+        if path.is_dir():
+            argv += ["fs", "cp", "-r", str(path), ":", "+"]
+        else:
+            argv += ["fs", "cp", str(path), f":{path.name}", "+"]
     argv += ["fs", "cp", str(config), ":config.json", "+", "reset"]
     return argv
 

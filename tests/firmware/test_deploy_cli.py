@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,15 +32,20 @@ def test_dry_run_prints_one_mpremote_command_with_every_file(tmp_path: Path, com
     command = next(line for line in result.stdout.splitlines() if line.startswith("$ "))
     assert "mpremote connect /dev/ttyACM0" in command
     assert command.rstrip().endswith("+ reset")
-    targets = [part for part in command.split() if part.startswith(":")]
-    expected = []
+    targets = [part for part in command.split() if part.startswith(":") and part != ":"]
+    expected = [":config.json"]
+    packages = set()
     for rel in firmware_files(firmware_dir()):
+        if len(rel.parts) > 1:
+            packages.add(rel.parts[0])  # copied with cp -r, which creates or reuses the directory
+            continue
         name = rel.as_posix()
         if compiled and rel.name not in ("main.py", "boot.py"):
             name = name[:-3] + ".mpy"
         expected.append(":" + name)
-    assert sorted(t for t in targets if t != ":config.json" and t != ":drivers") == sorted(expected)
-    assert ":config.json" in targets and ":drivers" in targets  # mkdir for the package directory
+    assert sorted(targets) == sorted(expected)
+    assert packages == {"drivers"}
+    assert re.search(r"fs cp -r \S+/drivers : \+", command)
     assert "dry run" in result.stdout
 
 
