@@ -29,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -654,6 +655,8 @@ class LoadRun:
 
     def start(self) -> None:
         spec = self.spec
+        if not ipaddress.ip_address(spec.host).is_loopback:
+            raise ValueError(f"the load generator only targets loopback addresses, not {spec.host}")
         n = max(1, min(spec.processes, len(spec.devices)))
         # contiguous chunks keep the ramp simple: device i of worker k is global device first_k + i
         per = -(-len(spec.devices) // n)
