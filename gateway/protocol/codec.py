@@ -17,10 +17,12 @@ from .errors import ErrorCode, ProtocolError
 from .messages import (
     MAX_FRAME_BYTES,
     MAX_SEQ,
+    METRIC_NAME_PATTERN,
     MIN_TIMESTAMP_MS,
     DeviceMessage,
     Event,
     GatewayMessage,
+    Readings,
     Sample,
 )
 
@@ -54,11 +56,43 @@ def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_B
         )
     try:
         message: DeviceMessage = _device_decoder.decode(frame)
-        return message
     except msgspec.ValidationError as exc:
         raise _classify_validation_error(str(exc), _probe_seq(frame)) from None
     except msgspec.DecodeError as exc:
         raise _classify_decode_error(frame, str(exc)) from None
+    kind = type(message)
+    if kind is Readings:
+        known = _known_names
+        for sample in message.samples:  # type: ignore[union-attr]
+            for name in sample.values:
+                if name not in known:
+                    check_name(name, message.seq)  # type: ignore[union-attr]
+    elif kind is Event:
+        for name in message.data:  # type: ignore[union-attr]
+            if name not in _known_names:
+                check_name(name, message.seq)  # type: ignore[union-attr]
+    return message
+
+
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+_known_names: set[str] = set()
+_MAX_KNOWN_NAMES = 65_536
+
+
+def check_name(name: str, seq: int | None = None) -> None:
+    """Refuse a metric name that does not match the protocol's pattern (``bad_metric_name``).
+
+    Valid names are remembered (up to a bound), so a stream of the usual few
+    names costs one set lookup each instead of a regex match.
+    """
+    if _METRIC_NAME.match(name) is None:
+        raise ProtocolError(
+            ErrorCode.BAD_METRIC_NAME,
+            f"metric name {name[:80]!r} does not match {METRIC_NAME_PATTERN}",
+            seq,
+        )
+    if len(_known_names) < _MAX_KNOWN_NAMES:
+        _known_names.add(name)
 
 
 def decode_gateway_message(frame: str | bytes) -> GatewayMessage:
@@ -154,7 +188,7 @@ def _classify_validation_error(message: str, seq: int | None) -> ProtocolError:
     """
     if message.startswith("Invalid value") and message.endswith("- at `$.type`"):
         return ProtocolError(ErrorCode.UNKNOWN_TYPE, message, seq)
-    if "matching regex" in message and ("`key` in" in message or message.endswith(".name`")):
+    if "`key` in" in message or ("matching regex" in message and message.endswith(".name`")):
         return ProtocolError(ErrorCode.BAD_METRIC_NAME, message, seq)
     length = _LENGTH.search(message)
     if length:

@@ -35,7 +35,11 @@ FiniteFloat = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
 ShortString = Annotated[str, msgspec.Meta(max_length=MAX_STRING_LENGTH)]
 Value = bool | FiniteFloat | ShortString
 """A reading's value. JSON numbers always decode to float, so 1 and 1.0 are the same value."""
-Values = Annotated[dict[MetricName, Value], msgspec.Meta(min_length=1, max_length=MAX_VALUES)]
+SampleKey = Annotated[str, msgspec.Meta(max_length=64)]
+"""A metric name inside a sample or event: the pattern is checked by the codec with a cache of
+names already seen (``codec.check_names``), since a regex per key in msgspec costs more than
+the rest of a sample's decoding."""
+Values = Annotated[dict[SampleKey, Value], msgspec.Meta(min_length=1, max_length=MAX_VALUES)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, le=MAX_SEQ)]
 Counter = Annotated[int, msgspec.Meta(ge=0)]
@@ -100,7 +104,7 @@ class Event(_Message, tag="event"):
     seq: Seq
     ts: Timestamp
     name: MetricName
-    data: Annotated[dict[MetricName, Value], msgspec.Meta(max_length=MAX_VALUES)] = {}
+    data: Annotated[dict[SampleKey, Value], msgspec.Meta(max_length=MAX_VALUES)] = {}
 
 
 class Result(_Message, tag="result"):
