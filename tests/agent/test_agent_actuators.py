@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,11 +202,13 @@ def test_a_raising_handler_becomes_a_failed_result_with_the_exception() -> None:
     assert result.ok is False and result.error == "broken failed: OSError: [Errno 5] Input/output error"
 
 
-def test_programs_time_out_fail_with_their_output_and_keep_only_the_tail() -> None:
-    started = time.monotonic()
+def test_programs_time_out_fail_with_their_output_and_keep_only_the_tail(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(30)"
     with pytest.raises(Exception, match=r"did not finish within 0.3 s; killed"):
-        run(run_program([sys.executable, "-c", "import time; time.sleep(30)"], 0.3))
-    assert time.monotonic() - started < 5
+        run(run_program([sys.executable, "-c", sleeper], 0.3))
+    with pytest.raises(ProcessLookupError):  # the program was killed and reaped, not left running
+        os.kill(int(pid_file.read_text()), 0)
     from device_agent.commands import OUTPUT_CHARS, CommandFailed
 
     with pytest.raises(CommandFailed) as info:
