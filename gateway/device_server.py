@@ -205,22 +205,22 @@ class DeviceSession:
         self.frames = 0
         self._ack_seq = 0
         self._sent_ack = 0
-        self._ack_wakeup = asyncio.Event()
         self._ack_scheduled = False
+        self._ack_task: asyncio.Task[None] | None = None  # only while an ack waits for the socket
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._close_task: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         log.info("device %s connected from %s", self.record.name, self.peer)
-        acks = asyncio.create_task(self._send_acks(), name=f"acks-{self.record.name}")
         try:
             if await self._expect_hello():
                 await self._receive_data()
         except ConnectionClosed:
             pass
         finally:
-            acks.cancel()
+            if self._ack_task is not None:
+                self._ack_task.cancel()
             if self.server.command_hooks is not None:
                 self.server.command_hooks.session_closed(self)
             if self.state is not None and self.state.target is self:
@@ -254,6 +254,8 @@ class DeviceSession:
     def _flush_ack(self) -> None:
         """Write the latest ack at once if the socket takes it; else let ``_send_acks`` send it.
 
+        No task waits for acks while the socket keeps up: an idle connection costs no task.
+
         The direct path is what ``send()`` does minus its task switch and flow-control wait,
         taken only while the connection is open with nothing left in the write buffer, so
         there is nothing to wait for (bench/: about a tenth of the event loop's time).
@@ -273,8 +275,8 @@ class DeviceSession:
             self._sent_ack = seq
             conn.protocol.send_text(encode(Ack(seq=seq)))
             conn.send_data()
-        else:
-            self._ack_wakeup.set()
+        elif self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._send_acks())
 
     def commit_failed(self, error: BaseException) -> None:
         self.close(CloseCode.INTERNAL_ERROR, "the gateway could not store data; resend unacked frames")
@@ -402,18 +404,13 @@ class DeviceSession:
         return True
 
     async def _send_acks(self) -> None:
-        """Send the latest cumulative ack whenever commits advance it (acks coalesce)."""
-        wakeup = self._ack_wakeup
-        while True:
-            await wakeup.wait()
-            wakeup.clear()
-            seq = self._ack_seq
-            if seq > self._sent_ack:
-                self._sent_ack = seq
-                try:
-                    await self.connection.send(encode(Ack(seq=seq)), text=True)
-                except ConnectionClosed:
-                    return
+        """Send the latest cumulative ack through ``send()`` (flow control) until none is newer."""
+        while self._ack_seq > self._sent_ack:
+            seq = self._sent_ack = self._ack_seq
+            try:
+                await self.connection.send(encode(Ack(seq=seq)), text=True)
+            except ConnectionClosed:
+                return
 
 
 def _peer(connection: ServerConnection) -> str:
