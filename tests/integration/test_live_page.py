@@ -268,17 +268,22 @@ def test_a_reading_from_a_device_appears_on_the_page(live: Live) -> None:
     Select(d.find_element(By.ID, "cmd-name")).select_by_value("beep")
     d.find_element(By.ID, "arg-times").send_keys("3")
     d.find_element(By.ID, "cmd-send").click()
-    row = wait_until(
-        "beep succeeded",
-        lambda: (
-            (r := d.find_element(By.CSS_SELECTOR, "#command-log tr")).get_attribute("data-state")
-            == "succeeded"
-            and r
-        ),
-        driver=d,
-    )
-    assert '{"beeped":3}' in row.text and "alice" in row.text
+    row_text = wait_until("beep succeeded", lambda: succeeded_row(d), driver=d)
+    assert '{"beeped":3}' in row_text and "alice" in row_text
     assert live.thermo.commands[-1]["name"] == "beep" and live.thermo.commands[-1]["args"] == {"times": 3}
+
+
+def succeeded_row(d: Any, cell: str | None = None) -> str | None:
+    """Text of the newest command row (or one cell of it) once it shows succeeded, else None.
+
+    Read in one probe: the page re-renders the log as states change, so an element found in
+    one poll may be gone by the next (wait_until retries a stale read).
+    """
+    row = d.find_element(By.CSS_SELECTOR, "#command-log tr")
+    if row.get_attribute("data-state") != "succeeded":
+        return None
+    text: str = row.find_element(By.CSS_SELECTOR, cell).text if cell else row.text
+    return text
 
 
 def test_a_command_from_the_page_switches_the_agents_led(live: Live) -> None:
@@ -302,17 +307,9 @@ def test_a_command_from_the_page_switches_the_agents_led(live: Live) -> None:
     Select(d.find_element(By.ID, "cmd-name")).select_by_value("set")
     d.find_element(By.ID, "arg-value").send_keys("true")
     d.find_element(By.ID, "cmd-send").click()
-    row = wait_until(
-        "set succeeded",
-        lambda: (
-            (r := d.find_element(By.CSS_SELECTOR, "#command-log tr")).get_attribute("data-state")
-            == "succeeded"
-            and r
-        ),
-        timeout=15,
-        driver=d,
+    result = json.loads(
+        wait_until("set succeeded", lambda: succeeded_row(d, "td.result"), timeout=15, driver=d)
     )
-    result = json.loads(row.find_element(By.CSS_SELECTOR, "td.result").text)
     # read back from the agent's mock pin: the LED on GPIO27 is on
     assert result["target"] == "led" and result["value"] is True and result["pin_state"] in (1, True)
     screenshot(d, "live-page.png", 1280)
