@@ -8,6 +8,7 @@ PACKAGES=(
   python3 python3-venv python3-dev gcc make  # the virtualenv, and wheels that compile
   sqlite3                                    # to look into the store by hand (README)
   procps                                     # ps/pkill used by a few tests
+  openssl                                    # a throwaway TLS certificate for the firmware wss:// test
   mosquitto                                  # the MQTT broker (bench/: the Mosquitto peer scenario)
   systemd                                    # systemd-analyze verify/security on the units (tests/install)
   influxdb victoria-metrics                  # InfluxDB 1.x (v1 /write) and a v2-write-API server, for tests/influx
