@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,11 +174,7 @@ def _token(
 
 
 def _toml_token(path: Path) -> str:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "token":
-            return value.strip().strip('"')
-    raise ValueError(f"no token in {path}")
+    return str(tomllib.loads(path.read_text(encoding="utf-8"))["gateway"]["token"])
 
 
 def _json_token(path: Path) -> str:

@@ -125,8 +125,6 @@ class Status(_Message, tag="status"):
 
 
 DeviceMessage = Hello | Readings | Event | Result | Status
-DataMessage = Readings | Event
-"""Messages that carry a ``seq`` and are stored and acknowledged."""
 
 
 # -- Gateway -> device -------------------------------------------------------------
