@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
-LINTED  = gateway device_agent tests $(wildcard bench/*.py)
+LINTED  = iotgw_common gateway device_agent tests $(wildcard bench/*.py)
 
 .PHONY: demo test lint typecheck pytest system-deps bench clean
 

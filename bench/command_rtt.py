@@ -156,7 +156,8 @@ def _server_rtt(port: int) -> dict[str, float]:
 
 @scenario("command_rtt", "Command round trip through the HTTP API while ingest runs at half its ceiling")
 def command_rtt(ctx: Context) -> Result:
-    from gateway import operators, registry, store
+    from gateway import store
+    from gateway.store import operators, registry
 
     sz = sizes(ctx)
     result = Result()

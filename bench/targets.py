@@ -129,7 +129,8 @@ class GatewayTarget(Target):
 
     def provision(self, count: int, prefix: str = "dev") -> list[tuple[str, str]]:
         """Register ``count`` devices in one transaction (registry.add_devices); (name, token)."""
-        from gateway import registry, store
+        from gateway import store
+        from gateway.store import registry
 
         names = [f"{prefix}-{i:05d}" for i in range(count)]
         conn = store.connect(self.store_path)

@@ -15,7 +15,7 @@ Modules: config (TOML + env), sensors (gpiozero), simulation (mock pins), buffer
 (SQLite), link (WebSocket session), commands (command registry), agent, cli.
 """
 
-from gateway._version import __version__
+from iotgw_common._version import __version__
 
 from .agent import Agent
 from .config import AgentConfig, ConfigError, load_config, parse_config

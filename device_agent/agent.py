@@ -24,9 +24,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway._version import __version__
-from gateway.protocol import PROTOCOL_VERSION, Hello, Readings, Sample, SensorInfo, Status, Welcome, encode
-from gateway.protocol.messages import MAX_FRAME_BYTES, MAX_STRING_LENGTH, MAX_VALUES, MIN_TIMESTAMP_MS, Value
+from iotgw_common._version import __version__
+from iotgw_common.protocol import (
+    PROTOCOL_VERSION,
+    Hello,
+    Readings,
+    Sample,
+    SensorInfo,
+    Status,
+    Welcome,
+    encode,
+)
+from iotgw_common.protocol.messages import (
+    MAX_FRAME_BYTES,
+    MAX_STRING_LENGTH,
+    MAX_VALUES,
+    MIN_TIMESTAMP_MS,
+    Value,
+)
 
 from .actuators import Actuators, open_actuators
 from .buffer import FrameBuffer

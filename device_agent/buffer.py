@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from gateway.protocol import Event, Readings, Sample, encode
-from gateway.protocol.messages import MAX_SEQ, Value
+from iotgw_common.protocol import Event, Readings, Sample, encode
+from iotgw_common.protocol.messages import MAX_SEQ, Value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;

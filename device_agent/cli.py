@@ -14,7 +14,7 @@ Exit codes: 0 success, 1 a sensor failed (check), 2 bad command line or configur
 ``python -m device_agent`` and ``python -m device_agent.cli`` are the same program.
 Logs are plain ``time LEVEL logger: message`` lines on stdout, without the time under
 systemd (journald adds it), or JSON lines with ``--log-format json`` (or
-``IOTGW_AGENT_LOG_FORMAT=json``): the gateway's :mod:`gateway.logs`.
+``IOTGW_AGENT_LOG_FORMAT=json``): the gateway's :mod:`iotgw_common.logs`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from gateway import sdnotify
-from gateway._version import __version__
-from gateway.logs import setup_logging
+from iotgw_common import sdnotify
+from iotgw_common._version import __version__
+from iotgw_common.logs import setup_logging
 
 from .agent import Agent
 from .config import AgentConfig, ConfigError, load_config

@@ -33,8 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.protocol import Command, CommandInfo, Result
-from gateway.protocol.messages import MAX_STRING_LENGTH
+from iotgw_common.protocol import Command, CommandInfo, Result
+from iotgw_common.protocol.messages import MAX_STRING_LENGTH
 
 from .actuators import ActuatorError, Actuators
 from .config import BUILTIN_COMMANDS, CustomCommand

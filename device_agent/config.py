@@ -68,7 +68,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.protocol.messages import DEVICE_NAME_PATTERN, METRIC_NAME_PATTERN
+from iotgw_common.protocol.messages import DEVICE_NAME_PATTERN, METRIC_NAME_PATTERN
 
 ENV_PREFIX = "IOTGW_AGENT_"
 

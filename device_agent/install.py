@@ -1,7 +1,7 @@
 """``iotgw-agent install`` / ``uninstall``: the agent as a systemd service on a Raspberry Pi.
 
 The installer itself (plan, executor, unit text) is shared with the gateway in
-:mod:`gateway.install`, which imports only the standard library. This module adds what
+:mod:`iotgw_common.install`, which imports only the standard library. This module adds what
 is the agent's own: the ``--gateway``/``--token``/``--device``/``--config`` options and
 the config file they produce::
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.install import AGENT, InstallError, Layout, add_commands
+from iotgw_common.install import AGENT, InstallError, Layout, add_commands
 
 from .config import ConfigError, parse_config
 

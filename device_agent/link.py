@@ -36,8 +36,8 @@ from collections.abc import Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from gateway._version import __version__
-from gateway.protocol import (
+from iotgw_common._version import __version__
+from iotgw_common.protocol import (
     CLOSE_EXPLANATIONS,
     Ack,
     CloseCode,
@@ -51,7 +51,7 @@ from gateway.protocol import (
     decode_gateway_message,
     encode,
 )
-from gateway.protocol.messages import HARD_FRAME_BYTES
+from iotgw_common.protocol.messages import HARD_FRAME_BYTES
 
 from .buffer import FrameBuffer
 from .commands import CommandRegistry

@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gateway.protocol import SensorInfo
-from gateway.protocol.messages import Value
+from iotgw_common.protocol import SensorInfo
+from iotgw_common.protocol.messages import Value
 
 from .config import (
     ButtonSensor,

@@ -1,5 +1,5 @@
 """iotgw gateway. Importing the package is cheap: heavy parts load on use."""
 
-from ._version import __version__
+from iotgw_common._version import __version__
 
 __all__ = ["__version__"]

@@ -17,16 +17,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import registry, store
-from .commands import CommandService
-from .config import GatewayConfig
-from .device_server import DEVICE_PATH, DeviceServer
-from .feed import Feed, PresenceRelay
-from .forwarder import EVENTS_CURSOR, READINGS_CURSOR, Forwarder
-from .ingest import GroupCommitter
+from gateway import store
+from gateway.config import GatewayConfig
+from gateway.device.server import DEVICE_PATH, DeviceServer
+from gateway.integrations.forwarder import EVENTS_CURSOR, READINGS_CURSOR, Forwarder
+from gateway.operator.commands import CommandService
+from gateway.operator.feed import Feed, PresenceRelay
+from gateway.store import registry
+from gateway.store.writer import GroupCommitter
 
 if TYPE_CHECKING:
-    from .api import OperatorApi
+    from gateway.operator.api import OperatorApi
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Gateway:
         self.commands.state_observers.append(self.feed.command_changed)
         await self.devices.start()
         if cfg.api.enabled:
-            from .api import OperatorApi
+            from gateway.operator.api import OperatorApi
 
             api = OperatorApi(
                 cfg.api, self.commands, self.devices, self.committer, self.store_path, feed=self.feed

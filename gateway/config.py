@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .protocol.messages import DEFAULT_MAX_CLOCK_SKEW_MS
+from iotgw_common.protocol.messages import DEFAULT_MAX_CLOCK_SKEW_MS
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -85,7 +85,7 @@ class InfluxSettings(_Section):
     for engines that split lines before parsing); ``auto``: literal for v1, escape for v2."""
 
     def __post_init__(self) -> None:
-        from .lineprotocol import LineError, check_measurement
+        from gateway.integrations.influx.lineprotocol import LineError, check_measurement
 
         try:
             check_measurement(self.measurement)

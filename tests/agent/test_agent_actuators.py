@@ -15,7 +15,7 @@ from gpiozero.pins.mock import MockFactory
 from device_agent.actuators import ActuatorError, open_actuators
 from device_agent.commands import CommandRegistry, register_builtins, register_custom, run_program
 from device_agent.config import ConfigError, parse_config
-from gateway.protocol import Command
+from iotgw_common.protocol import Command
 
 BASE = '[gateway]\nurl = "ws://gw/v1/device"\ntoken = "t"\n'
 ACTUATORS = """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from device_agent.buffer import BufferStats, FrameBuffer
-from gateway.protocol import Event, Readings, Sample, decode_device_message
+from iotgw_common.protocol import Event, Readings, Sample, decode_device_message
 
 TS = 1_700_000_000_000
 

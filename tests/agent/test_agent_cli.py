@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from device_agent.buffer import FrameBuffer
-from gateway._version import __version__
+from iotgw_common._version import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 

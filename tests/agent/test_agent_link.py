@@ -23,7 +23,7 @@ from device_agent.buffer import FrameBuffer
 from device_agent.commands import CommandRegistry
 from device_agent.config import parse_config
 from device_agent.link import Backoff, Link, LinkSettings
-from gateway.protocol import (
+from iotgw_common.protocol import (
     Ack,
     CloseCode,
     Command,
@@ -38,7 +38,7 @@ from gateway.protocol import (
     decode_device_message,
     encode_text,
 )
-from gateway.protocol.messages import MAX_FRAME_BYTES, DeviceMessage
+from iotgw_common.protocol.messages import MAX_FRAME_BYTES, DeviceMessage
 
 TS = 1_700_000_000_000
 TOKEN = "iotgw_d_test-token"

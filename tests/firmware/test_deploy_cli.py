@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.firmware import firmware_dir, firmware_files
+from gateway.cli.firmware import firmware_dir, firmware_files
 from tests.support.gateway import repo_env
 
 

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from gateway.protocol import decode_device_message
+from iotgw_common.protocol import decode_device_message
 from tests.firmware.mp import FIRMWARE, Firmware, base_config
 
 

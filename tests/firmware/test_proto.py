@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.protocol import decode_device_message
+from iotgw_common.protocol import decode_device_message
 from tests.firmware.mp import run_script
 from tests.protocol.vectors import load_messages, render_value
 

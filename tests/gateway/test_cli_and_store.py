@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import registry, store
+from gateway import store
 from gateway.app import delete_older_than
 from gateway.config import ConfigError, env_names, load_config
+from gateway.store import registry
 from gateway.tokens import hash_token
 from tests.support.gateway import repo_env
 

@@ -262,7 +262,7 @@ def test_reconnect_welcome_reports_last_stored_seq_and_new_stream_starts_at_zero
 
 
 def test_removed_device_token_stops_working(gw: GatewayProcess) -> None:
-    from gateway import registry
+    from gateway.store import registry
 
     token = gw.add_device("leaver")
     conn = gw.connect()

@@ -1,4 +1,4 @@
-"""The live feed hub (gateway/feed.py) without sockets: order, filters, slow subscribers, resume."""
+"""The live feed hub (gateway/operator/feed.py) without sockets: order, filters, slow subscribers, resume."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.feed import Feed, FeedFilter, SubscriberTooSlow, SubscriptionClosed
-from gateway.protocol.messages import Event, Readings, Sample
+from gateway.operator.feed import Feed, FeedFilter, SubscriberTooSlow, SubscriptionClosed
+from iotgw_common.protocol.messages import Event, Readings, Sample
 
 TS = 1_764_000_000_000
 

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from gateway.lineprotocol import (
+from gateway.integrations.influx.lineprotocol import (
     LineError,
     check_label,
     check_measurement,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from gateway import registry, store
+from gateway import store
 from gateway.app import delete_older_than
-from gateway.forwarder import EVENTS_CURSOR, READINGS_CURSOR, read_status
+from gateway.integrations.forwarder import EVENTS_CURSOR, READINGS_CURSOR, read_status
+from gateway.store import registry
 
 
 def _store(tmp_path: Path, readings: int) -> tuple[sqlite3.Connection, int]:

@@ -45,7 +45,7 @@ def io_counters(pid: int | str = "self") -> dict[str, int]:
 def agent_case(readings: int, samples_per_frame: int, synchronous: str) -> dict[str, object]:
     """Runs in a child process: python -m tests.install.sdcard_writes --agent-case ..."""
     from device_agent.buffer import FrameBuffer
-    from gateway.protocol import Sample
+    from iotgw_common.protocol import Sample
 
     with tempfile.TemporaryDirectory(dir=REPO) as directory:
         buffer = FrameBuffer(Path(directory) / "buffer.sqlite3", synchronous=synchronous)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway._version import __version__
+from iotgw_common._version import __version__
 from tests.support.gateway import REPO
 
 IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "demo-data",
@@ -74,7 +74,7 @@ def test_agent_extra_is_lean_and_checks_sensors_with_mock_pins(
     venv = venvs["agent"]
     for heavy in ("influxdb_client", "fastapi", "uvicorn", "starlette"):
         assert not importable(venv, heavy, tmp_path), f"{heavy} is installed with the agent extra"
-    for needed in ("gpiozero", "websockets", "msgspec", "device_agent", "gateway.install"):
+    for needed in ("gpiozero", "websockets", "msgspec", "device_agent", "iotgw_common.install"):
         assert importable(venv, needed, tmp_path), needed
     example = venv.parent / "src-agent/device_agent/example.toml"
     config = tmp_path / "agent.toml"
@@ -105,6 +105,10 @@ def test_gateway_extra_serves_and_ships_the_firmware(venvs: dict[str, Path], tmp
     assert (share / "firmware_micropython/drivers/hw.py").is_file()
     assert (share / "systemd/iotgw.service").read_text() == (REPO / "systemd/iotgw.service").read_text()
     found = run(
-        venv, "python", "-c", "from gateway.firmware import firmware_dir; print(firmware_dir())", cwd=tmp_path
+        venv,
+        "python",
+        "-c",
+        "from gateway.cli.firmware import firmware_dir; print(firmware_dir())",
+        cwd=tmp_path,
     )
     assert found.stdout.strip() == str(share / "firmware_micropython"), found.stderr

@@ -20,7 +20,7 @@ import pytest
 from device_agent.config import parse_config
 from device_agent.install import device_url
 from gateway.config import load_config
-from gateway.install import (
+from iotgw_common.install import (
     AGENT,
     GATEWAY,
     LOG_NAME,

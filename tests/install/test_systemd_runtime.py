@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from device_agent.agent import AGENT_NAME
-from gateway._version import __version__
+from iotgw_common._version import __version__
 from tests.support.gateway import REPO, GatewayProcess, repo_env
 
 SYSTEMD_ENV = {"WATCHDOG_USEC": "300000", "JOURNAL_STREAM": "8:12345"}  # watchdog pings every 0.1 s

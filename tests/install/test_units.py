@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from gateway.install import AGENT, GATEWAY, Layout, Role, render_unit, unit_files
+from iotgw_common.install import AGENT, GATEWAY, Layout, Role, render_unit, unit_files
 from tests.support.gateway import REPO
 
 #: Exposure scores measured with systemd 252 (docs/install.md); a change that raises them fails here.
@@ -44,7 +44,7 @@ def rendered(tmp_path: Path, role: Role) -> Path:
 def test_the_shipped_unit_files_are_the_rendered_ones() -> None:
     for name, text in unit_files().items():
         shipped = (REPO / "systemd" / name).read_text()
-        assert shipped == text, f"systemd/{name} is stale: python -m gateway.install systemd"
+        assert shipped == text, f"systemd/{name} is stale: python -m iotgw_common.install systemd"
 
 
 @pytest.mark.parametrize("role", [GATEWAY, AGENT], ids=lambda r: r.unit)

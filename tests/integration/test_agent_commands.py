@@ -229,7 +229,7 @@ def test_cli_send_devices_and_readings(setup) -> None:
 def test_a_command_past_its_deadline_is_not_run(setup) -> None:
     """The agent checks ``deadline`` against its clock before running anything."""
     from device_agent.commands import CommandRegistry
-    from gateway.protocol import Command
+    from iotgw_common.protocol import Command
 
     ran: list[dict[str, Any]] = []
 

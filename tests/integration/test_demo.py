@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import registry, store
+from gateway import store
+from gateway.store import registry
 from tests.support.gateway import repo_env
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.protocol import (
+from iotgw_common.protocol import (
     ErrorCode,
     Event,
     Hello,
@@ -31,7 +31,7 @@ from gateway.protocol import (
     encode,
     encode_text,
 )
-from gateway.protocol.messages import DEFAULT_MAX_CLOCK_SKEW_MS
+from iotgw_common.protocol.messages import DEFAULT_MAX_CLOCK_SKEW_MS
 
 from .vectors import (
     MESSAGES_PATH,

@@ -1,4 +1,4 @@
-"""docs/protocol.md lists exactly the codes of gateway/protocol/errors.py.
+"""docs/protocol.md lists exactly the codes of iotgw_common/protocol/errors.py.
 
 errors.py is the only place that defines codes; the spec mirrors its tables
 (section 10 "Errors", section 11 "Close codes and reconnecting").
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.protocol import CLOSE_EXPLANATIONS, ERROR_EXPLANATIONS, CloseCode, ErrorCode
+from iotgw_common.protocol import CLOSE_EXPLANATIONS, ERROR_EXPLANATIONS, CloseCode, ErrorCode
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -76,7 +76,7 @@ def test_close_table_says_what_errors_py_says() -> None:
 
 
 def test_limits_in_the_doc_match_the_code() -> None:
-    from gateway.protocol import messages as m
+    from iotgw_common.protocol import messages as m
 
     limits = _section("Limits")
     for name, value in [

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 sys.path.insert(0, str(REPO))
 
-from gateway import registry, store  # noqa: E402
+from gateway import store  # noqa: E402
+from gateway.store import registry  # noqa: E402
 
 
 def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -69,8 +70,8 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.api_port}"
 
     def add_operator(self, name: str, role: str = "control") -> str:
-        """Create an operator token (gateway/operators.py) and return it."""
-        from gateway import operators
+        """Create an operator token (gateway/store/operators.py) and return it."""
+        from gateway.store import operators
 
         conn = self.connect()
         try:

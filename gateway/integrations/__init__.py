@@ -1,0 +1,1 @@
+"""The integration plane: the delivery engine and its sinks (InfluxDB; MQTT next)."""

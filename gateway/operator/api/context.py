@@ -1,0 +1,41 @@
+"""What the API's routes reach in the running gateway, in one object on ``app.state``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+
+from gateway.config import ApiSettings
+from gateway.device.server import DeviceServer
+from gateway.operator.commands import CommandService
+from gateway.operator.feed import Feed
+from gateway.operator.metrics import GatewayMetrics, IngestRate
+from gateway.store.readings import ReadPool
+from gateway.store.writer import GroupCommitter
+
+
+@dataclass(slots=True)
+class ApiContext:
+    """The gateway's parts the API uses; everything is used from the gateway's event loop."""
+
+    settings: ApiSettings
+    commands: CommandService
+    devices: DeviceServer
+    committer: GroupCommitter
+    reads: ReadPool
+    store_path: Path
+    rate: IngestRate
+    metrics: GatewayMetrics
+    started: float = field(default_factory=time.monotonic)
+    touched: dict[int, int] = field(default_factory=dict)
+    """operator id -> when its last_used_ms was last written (ms)."""
+    feed: Feed | None = None
+    """The live feed hub (gateway/operator/feed.py), served at /api/v1/feed by gateway/operator/api/live.py."""
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.iotgw
+    return ctx

@@ -1,0 +1,445 @@
+"""The endpoints of the operator API (docs/api.md). All JSON; reads need a ``read`` token,
+changes a ``control`` token; ``/healthz`` and ``/metrics`` need none."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from gateway import __version__
+from gateway.integrations.forwarder import read_status as read_forwarder_status
+from gateway.integrations.influx.lineprotocol import check_label
+from gateway.operator import commands
+from gateway.operator.api.auth import Controller, Reader
+from gateway.operator.api.context import ApiContext, context
+from gateway.operator.api.schemas import (
+    NAME_PATTERN,
+    CommandIn,
+    CommandOut,
+    CommandsOut,
+    DeviceOut,
+    ErrorOut,
+    EventOut,
+    EventsOut,
+    Health,
+    HistoryOut,
+    IngestOut,
+    LabelsIn,
+    LatestOut,
+    PointOut,
+    StatusOut,
+)
+from gateway.operator.commands import CommandError, CommandRecord, UnknownCommand
+from gateway.operator.metrics import CONTENT_TYPE
+from gateway.store import readings as history
+from gateway.store import registry
+from gateway.store.registry import DeviceRecord
+from iotgw_common.protocol.messages import MAX_SEQ
+
+API = "/api/v1"
+HOUR_MS = 3_600_000
+SWEEP_GRACE_S = 0.25
+"""Extra wait past a sent command's deadline for the sweeper to mark it failed."""
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "the body is not valid JSON",
+        401: "no or unknown operator token",
+        403: "the token's role does not allow this",
+        404: "no such device or command",
+        409: "the command is past the state this needs",
+        422: "invalid request (or a command the device does not accept)",
+    }
+    return {code: {"model": ErrorOut, "description": text[code]} for code in codes}
+
+
+READ_ERRORS = _errors(401, 404, 422)
+CONTROL_ERRORS = _errors(401, 403, 404, 422)
+BODY_ERRORS = _errors(400, 401, 403, 404, 422)
+
+DeviceName = Annotated[str, Path(max_length=64, description="the device's name")]
+TimeMs = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
+
+public = APIRouter(tags=["health"])
+router = APIRouter(prefix=API)
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _device(ctx: ApiContext, name: str) -> DeviceRecord:
+    record = await ctx.reads.run(lambda conn: registry.find_by_name(conn, name))
+    if record is None:
+        raise HTTPException(404, f"no device named {name!r}")
+    return record
+
+
+def _device_out(ctx: ApiContext, d: DeviceRecord) -> DeviceOut:
+    session = ctx.devices.sessions.get(d.id)
+    return DeviceOut.model_validate(
+        {
+            "name": d.name,
+            "online": session is not None,
+            "peer": session.peer if session else None,
+            "last_seen_ms": d.last_seen_ms,
+            "agent": d.agent,
+            "labels": d.labels,
+            "sensors": d.sensors,
+            "commands": d.commands,
+            "info": d.info,
+            "buffered": d.buffered,
+            "dropped": d.dropped,
+            "stream": d.stream,
+            "last_seq": d.last_seq,
+            "created_ms": d.created_ms,
+        }
+    )
+
+
+def _command_out(record: CommandRecord) -> CommandOut:
+    return CommandOut.model_validate(
+        {
+            "id": record.id,
+            "device": record.device,
+            "name": record.name,
+            "args": record.args,
+            "state": record.state,
+            "sender": record.sender,
+            "created_ms": record.created_ms,
+            "expires_ms": record.expires_ms,
+            "timeout": record.timeout_ms / 1000,
+            "deadline_ms": record.deadline_ms,
+            "updated_ms": record.updated_ms,
+            "value": record.value,
+            "error": record.error,
+            "history": [{"state": c.state, "ts": c.ts_ms, "detail": c.detail} for c in record.history],
+        }
+    )
+
+
+# -- health and metrics ----------------------------------------------------------------
+
+
+@public.get("/healthz", response_model=Health, summary="Liveness: the gateway answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@public.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    return Response(context(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/status", response_model=StatusOut, responses=_errors(401), tags=["status"])
+async def status(request: Request, _: Reader) -> StatusOut:
+    """Connections, ingest rate, store size, open commands, forwarder state."""
+    ctx = context(request)
+
+    def read(conn: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
+        (count,) = conn.execute("SELECT count(*) FROM devices").fetchone()
+        forwarder = read_forwarder_status(conn)
+        return int(count), [msgspec.to_builtins(forwarder)] if forwarder.configured else []
+
+    registered, forwarders = await ctx.reads.run(read)
+    c = ctx.committer
+    return StatusOut(
+        version=__version__,
+        uptime_s=round(time.monotonic() - ctx.started, 3),
+        devices_registered=registered,
+        devices_connected=len(ctx.devices.sessions),
+        refused_handshakes=ctx.devices.refused_handshakes,
+        ingest=IngestOut(
+            samples_per_s=round(ctx.rate.per_second(), 3),
+            committed_samples=c.committed_samples,
+            commits=c.commits,
+            failed_commits=c.failed_commits,
+            pending_samples=c.pending_samples,
+        ),
+        store_path=str(ctx.store_path),
+        store_bytes=history.store_bytes(ctx.store_path),
+        commands_open=ctx.commands.open_counts,
+        commands_finished=dict(ctx.commands.finished),
+        forwarders=forwarders,
+    )
+
+
+# -- devices -----------------------------------------------------------------------------
+
+
+@router.get("/devices", response_model=list[DeviceOut], responses=_errors(401), tags=["devices"])
+async def list_devices(request: Request, _: Reader) -> list[DeviceOut]:
+    """Every registered device, online or not, by name."""
+    ctx = context(request)
+    records = await ctx.reads.run(registry.list_devices)
+    return [_device_out(ctx, d) for d in records]
+
+
+@router.get("/devices/{name}", response_model=DeviceOut, responses=READ_ERRORS, tags=["devices"])
+async def get_device(request: Request, name: DeviceName, _: Reader) -> DeviceOut:
+    ctx = context(request)
+    return _device_out(ctx, await _device(ctx, name))
+
+
+async def _set_labels(request: Request, name: str, body: LabelsIn, *, merge: bool) -> DeviceOut:
+    ctx = context(request)
+    record = await _device(ctx, name)
+
+    def write(conn: sqlite3.Connection) -> dict[str, str]:
+        row = conn.execute("SELECT labels FROM devices WHERE id = ?", (record.id,)).fetchone()
+        if row is None:
+            raise LookupError(name)
+        labels: dict[str, str] = msgspec.json.decode(row[0]) if merge else {}
+        for key, value in body.labels.items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                check_label(key, value)  # labels become InfluxDB tags (raises LineError, a ValueError)
+                labels[key] = value
+        if len(labels) > 64:
+            raise ValueError("a device has at most 64 labels")
+        conn.execute(
+            "UPDATE devices SET labels = ? WHERE id = ?", (msgspec.json.encode(labels).decode(), record.id)
+        )
+        return labels
+
+    try:
+        record.labels = await ctx.committer.call(write)
+    except LookupError:
+        raise HTTPException(404, f"no device named {name!r}") from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return _device_out(ctx, record)
+
+
+@router.put("/devices/{name}/labels", response_model=DeviceOut, responses=BODY_ERRORS, tags=["devices"])
+async def replace_labels(request: Request, name: DeviceName, body: LabelsIn, _: Controller) -> DeviceOut:
+    """Replace the device's labels with ``labels`` (``null`` values are left out)."""
+    return await _set_labels(request, name, body, merge=False)
+
+
+@router.patch("/devices/{name}/labels", response_model=DeviceOut, responses=BODY_ERRORS, tags=["devices"])
+async def update_labels(request: Request, name: DeviceName, body: LabelsIn, _: Controller) -> DeviceOut:
+    """Set the given labels; a ``null`` value removes that label; others stay."""
+    return await _set_labels(request, name, body, merge=True)
+
+
+# -- readings and events ------------------------------------------------------------------
+
+
+@router.get(
+    "/devices/{name}/readings/latest", response_model=LatestOut, responses=READ_ERRORS, tags=["readings"]
+)
+async def latest(request: Request, name: DeviceName, _: Reader) -> LatestOut:
+    """The newest value and its timestamp of every metric in the device's recent samples."""
+    ctx = context(request)
+    record = await _device(ctx, name)
+    found = await ctx.reads.run(lambda conn: history.latest(conn, record.id))
+    return LatestOut(device=name, values={m: PointOut(ts=p.ts, value=p.value) for m, p in found.items()})
+
+
+def _range(start: int | None, end: int | None) -> tuple[int, int]:
+    end_ = MAX_SEQ if end is None else end
+    start_ = max(0, (_ms() if end is None else end_) - HOUR_MS) if start is None else start
+    if start_ > end_:
+        raise HTTPException(422, f"start ({start_}) is after end ({end_})")
+    return start_, end_
+
+
+@router.get("/devices/{name}/readings", response_model=HistoryOut, responses=READ_ERRORS, tags=["readings"])
+async def readings(
+    request: Request,
+    name: DeviceName,
+    _: Reader,
+    metric: Annotated[str, Query(pattern=NAME_PATTERN, description="the metric")],
+    start: Annotated[
+        TimeMs, Query(description="first ms included; default: end - 1 h (or now - 1 h)")
+    ] = None,
+    end: Annotated[TimeMs, Query(description="first ms excluded; default: no end")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    every: Annotated[
+        int | None, Query(ge=1, le=MAX_SEQ, description="downsample: bucket width in ms")
+    ] = None,
+) -> HistoryOut:
+    """History of one metric, ``start <= ts < end``, oldest first; raw points, or buckets with ``every``."""
+    ctx = context(request)
+    record = await _device(ctx, name)
+    start_, end_ = _range(start, end)
+    if every is None:
+        points, truncated = await ctx.reads.run(
+            lambda conn: history.history(conn, record.id, metric, start_, end_, limit)
+        )
+        return HistoryOut(
+            device=name,
+            metric=metric,
+            start=start_,
+            end=end_,
+            every=None,
+            truncated=truncated,
+            points=[PointOut(ts=p.ts, value=p.value) for p in points],
+            buckets=[],
+        )
+    buckets, truncated = await ctx.reads.run(
+        lambda conn: history.downsample(conn, record.id, metric, start_, end_, every, limit)
+    )
+    return HistoryOut.model_validate(
+        {
+            "device": name,
+            "metric": metric,
+            "start": start_,
+            "end": end_,
+            "every": every,
+            "truncated": truncated,
+            "points": [],
+            "buckets": [
+                {"ts": b.ts, "count": b.count, "mean": b.mean, "min": b.min, "max": b.max} for b in buckets
+            ],
+        }
+    )
+
+
+@router.get("/devices/{name}/events", response_model=EventsOut, responses=READ_ERRORS, tags=["readings"])
+async def events(
+    request: Request,
+    name: DeviceName,
+    _: Reader,
+    start: Annotated[
+        TimeMs, Query(description="first ms included; default: end - 1 h (or now - 1 h)")
+    ] = None,
+    end: Annotated[TimeMs, Query(description="first ms excluded; default: no end")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    event: Annotated[str | None, Query(pattern=NAME_PATTERN, description="only events of this name")] = None,
+) -> EventsOut:
+    """Events (button presses, inputs changing), ``start <= ts < end``, oldest first."""
+    ctx = context(request)
+    record = await _device(ctx, name)
+    start_, end_ = _range(start, end)
+    rows, truncated = await ctx.reads.run(
+        lambda conn: history.events(conn, record.id, start_, end_, limit, event)
+    )
+    return EventsOut(
+        device=name,
+        start=start_,
+        end=end_,
+        truncated=truncated,
+        events=[EventOut(ts=r.ts, seq=r.seq, name=r.name, data=msgspec.json.decode(r.data)) for r in rows],
+    )
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@router.post(
+    "/devices/{name}/commands",
+    response_model=CommandOut,
+    status_code=200,
+    responses={
+        202: {
+            "model": CommandOut,
+            "description": "not final yet (wait=false, or the timeout passed): poll it",
+        },
+        **BODY_ERRORS,
+    },
+    tags=["commands"],
+)
+async def send_command(
+    request: Request, response: Response, name: DeviceName, body: CommandIn, operator: Controller
+) -> CommandOut | JSONResponse:
+    """Send a command; with ``wait`` (default) answer 200 once it is final, or 202 after ``timeout``."""
+    ctx = context(request)
+    record = await _device(ctx, name)
+    try:
+        command = await ctx.commands.submit(
+            record, body.name, body.args, sender=operator.name, timeout_s=body.timeout, ttl_s=body.ttl
+        )
+    except CommandError as exc:
+        return JSONResponse(
+            ErrorOut(detail=exc.detail, declared=exc.declared).model_dump(exclude_none=True), 422
+        )
+    if body.wait and not command.final:
+        budget = ctx.settings.max_wait
+        started = time.monotonic()
+        command = await ctx.commands.wait(command.id, min(body.timeout, budget)) or command
+        if command.state == "sent":  # sent late in the wait: its deadline (sent + timeout) decides
+            left = (command.deadline_ms - _ms()) / 1000 + SWEEP_GRACE_S
+            left = min(left, budget - (time.monotonic() - started))
+            if left > 0:
+                command = await ctx.commands.wait(command.id, left) or command
+    response.headers["Location"] = f"{API}/commands/{command.id}"
+    response.status_code = 200 if command.final else 202
+    return _command_out(command)
+
+
+@router.get("/devices/{name}/commands", response_model=CommandsOut, responses=READ_ERRORS, tags=["commands"])
+async def device_commands(
+    request: Request,
+    name: DeviceName,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    state: Annotated[str | None, Query(pattern="^(queued|sent|succeeded|failed|expired)$")] = None,
+) -> CommandsOut:
+    """The device's most recent commands, newest first, with who sent them and every state change."""
+    ctx = context(request)
+    record = await _device(ctx, name)
+    rows = await ctx.reads.run(lambda conn: commands.list_commands(conn, record.id, limit=limit, state=state))
+    merged = [ctx.commands.get(r.id) or r for r in rows]
+    return CommandsOut(device=name, commands=[_command_out(r) for r in merged])
+
+
+async def _command(ctx: ApiContext, command_id: str) -> CommandRecord:
+    live = ctx.commands.get(command_id)
+    if live is not None:
+        return live
+    stored = await ctx.reads.run(lambda conn: commands.load_command(conn, command_id))
+    if stored is None:
+        raise HTTPException(404, f"no command {command_id!r}")
+    return stored
+
+
+CommandId = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/commands/{command_id}", response_model=CommandOut, responses=READ_ERRORS, tags=["commands"])
+async def get_command(
+    request: Request,
+    command_id: CommandId,
+    _: Reader,
+    wait: Annotated[float, Query(ge=0, le=300, description="seconds to wait for a final state")] = 0,
+) -> CommandOut:
+    """One command: its state, result, sender and history. ``wait`` long-polls until it is final."""
+    ctx = context(request)
+    record = await _command(ctx, command_id)
+    if wait > 0 and not record.final:
+        record = await ctx.commands.wait(command_id, min(wait, ctx.settings.max_wait)) or record
+    return _command_out(record)
+
+
+@router.delete(
+    "/commands/{command_id}",
+    response_model=CommandOut,
+    responses={**CONTROL_ERRORS, **_errors(409)},
+    tags=["commands"],
+)
+async def cancel_command(request: Request, command_id: CommandId, operator: Controller) -> CommandOut:
+    """Cancel a queued command: it becomes failed, "cancelled by NAME". A sent one cannot be recalled."""
+    ctx = context(request)
+    try:
+        return _command_out(await ctx.commands.cancel(command_id, operator.name))
+    except UnknownCommand:
+        record = await _command(ctx, command_id)  # 404 if unknown
+        raise HTTPException(
+            409, f"command {command_id} is {record.state}; only a queued one can be cancelled"
+        ) from None
+    except CommandError as exc:
+        raise HTTPException(409, exc.detail) from None

@@ -1,0 +1,199 @@
+"""The operator API served by uvicorn inside the gateway's event loop.
+
+uvicorn's ``Server.serve()`` would take over SIGINT/SIGTERM; the gateway owns
+the signals (``Gateway.run_until_signalled``), so :class:`_EmbeddedServer`
+leaves them alone and :meth:`ApiServer.stop` asks uvicorn to exit instead:
+stop accepting, finish in-flight requests within ``GRACE_S``, close the rest.
+The listening socket is bound here, so port 0 works and a taken port fails
+``start()`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from gateway.config import ApiSettings
+from gateway.device.server import DeviceServer
+from gateway.operator.api.context import ApiContext
+from gateway.operator.commands import CommandService
+from gateway.operator.feed import Feed
+from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState
+from gateway.store.readings import ReadPool
+from gateway.store.writer import GroupCommitter
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 5
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the gateway handles signals
+
+
+def _listen(host: str, port: int, family: socket.AddressFamily) -> socket.socket:
+    """A listening TCP socket. Made with ``IPPROTO_TCP`` explicitly: asyncio turns Nagle off
+    (TCP_NODELAY) only on sockets whose ``proto`` says TCP, and ``socket.create_server``'s say 0;
+    with Nagle on, every keep-alive response waits ~40 ms for a delayed ACK."""
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ApiServer:
+    """``await start()`` serves ``app`` on host:port; ``await stop()``; ``port`` is the bound one."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        shown = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        if ":" in shown:
+            shown = f"[{shown}]"
+        return f"http://{shown}:{self.port}"
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = _listen(self.host, self.port, family)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=GRACE_S,
+        )
+        server = self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="operator-api")
+        while not server.started:
+            if self._task.done():
+                sock.close()
+                self._task.result()  # raises what made uvicorn fail
+                raise RuntimeError("the operator API did not start")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests finish (``GRACE_S``), close; safe twice."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), GRACE_S + 2)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._server = None
+        self._task = None
+
+
+class OperatorApi:
+    """The whole operator plane of one gateway: read connections, metrics, the app, the server.
+
+    ``Gateway.start`` creates it after the device server and awaits :meth:`start`;
+    ``Gateway.stop`` awaits :meth:`stop` first, so no request runs while the rest closes.
+    """
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        commands: CommandService,
+        devices: DeviceServer,
+        committer: GroupCommitter,
+        store_path: Path,
+        feed: Feed | None = None,
+    ) -> None:
+        self.settings = settings
+        self._parts = (commands, devices, committer, store_path)
+        self._feed = feed
+        self.server: ApiServer | None = None
+        self._reads: ReadPool | None = None
+        self._sampler: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    async def start(self) -> None:
+        from gateway.operator.api.app import create_app
+
+        commands, devices, committer, store_path = self._parts
+        rate = IngestRate(lambda: committer.committed_samples)
+        live = LiveState(
+            connections=lambda: len(devices.sessions),
+            refused_handshakes=lambda: devices.refused_handshakes,
+            commits=lambda: committer.commits,
+            committed_samples=lambda: committer.committed_samples,
+            pending_samples=lambda: committer.pending_samples,
+            failed_commits=lambda: committer.failed_commits,
+            open_commands=lambda: commands.open_counts,
+            finished_commands=lambda: dict(commands.finished),
+            store_path=store_path,
+        )
+        metrics = GatewayMetrics(live, rate)
+        commands.round_trip_observers.append(metrics.command_round_trip.observe)
+        self._reads = ReadPool(store_path, self.settings.read_connections)
+        ctx = ApiContext(
+            settings=self.settings,
+            commands=commands,
+            devices=devices,
+            committer=committer,
+            reads=self._reads,
+            store_path=store_path,
+            rate=rate,
+            metrics=metrics,
+            feed=self._feed,
+        )
+        self._sampler = asyncio.create_task(_sample_every_second(rate), name="ingest-rate")
+        server = ApiServer(create_app(ctx), self.settings.host, self.settings.port)
+        try:
+            await server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.server = server
+        log.info("operator API at %s (OpenAPI: %s%s)", server.url, server.url, "/api/v1/openapi.json")
+
+    async def stop(self) -> None:
+        """Stop serving, then close the read connections; safe twice."""
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
+
+
+async def _sample_every_second(rate: IngestRate) -> None:
+    while True:
+        rate.sample()
+        await asyncio.sleep(1.0)

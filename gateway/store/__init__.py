@@ -1,0 +1,21 @@
+"""The store: one SQLite file in WAL mode, and the one module that owns each of its tables.
+
+=================  ====================================================================
+module             what it owns
+=================  ====================================================================
+``schema``         the connection (WAL, synchronous level) and the numbered migrations
+``db``             the transaction helper every writer uses
+``writer``         the group-commit writer thread: the running gateway's only writer
+``registry``       ``devices``: tokens (hashed), labels, metadata, stream position
+``operators``      ``operators``: operator tokens (hashed) and roles
+``readings``       ``readings`` and ``events``: history reads, retention deletes
+``ledger``         ``commands`` and ``command_states``: the command ledger
+``delivery``       ``cursors``, ``forwarder_state``, ``dead_letters``: sink progress
+=================  ====================================================================
+
+Nothing here imports a plane above it (device, operator, integrations, cli).
+"""
+
+from gateway.store.schema import SCHEMA_VERSION, connect
+
+__all__ = ["SCHEMA_VERSION", "connect"]
