@@ -165,7 +165,7 @@ DeviceAllow=char-i2c rw
 """
 
 _UNIT = """\
-# {description}: written by `{script} install` (rendered by iotgw_common/install.py;
+# {description}: written by `{script} install` (rendered by iotgw_common/install/units.py;
 # systemd/{unit} in the source tree is the same text for the default prefix /opt/iotgw).
 # Local changes belong in a drop-in: `sudo systemctl edit {unit_stem}`.
 [Unit]
