@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 LINTED  = iotgw_common gateway device_agent tests $(wildcard bench/*.py)
 
-.PHONY: demo test lint typecheck pytest system-deps bench clean
+.PHONY: demo test lint layers typecheck pytest system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/iotgw demo
 
-## test: system packages, lint, type check and the whole test suite against real servers
-test: system-deps lint typecheck pytest
+## test: system packages, lint, layering contracts, type check and the whole test suite against real servers
+test: system-deps lint layers typecheck pytest
 
 ## system-deps: the Debian packages the tests use (apt; asks for sudo when not root)
 system-deps:
@@ -27,6 +27,11 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+
+## layers: the import contracts in pyproject.toml ([tool.importlinter]): the agent independent of the
+## gateway, the codec without I/O, the gateway's layers, no import cycles
+layers: $(STAMP)
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -9,7 +9,7 @@ connection. The round trip is the client's: HTTP request -> command logged
 (durably) -> sent -> device result -> logged -> HTTP response. The gateway's
 own ``sent -> result`` histogram (``/metrics``) is reported beside it.
 
-Registered with the runner's ``@scenario``; ``bench/scenarios.py`` imports this module.
+Registered with ``@scenario`` (``bench/registry.py``); ``bench/runner.py`` imports this module.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import threading
 import time
 from typing import Any
 
-from .loadgen import Shared
-from .runner import Context, Result, scenario
-from .scenarios import AGENT_WINDOW, _durability, _gateway, _ms, _spec, drive, sizes
+from .drive import AGENT_WINDOW, check_durability, drive, fmt_ms, load_spec, sizes, start_gateway
+from .registry import Context, Result, scenario
 from .stats import Histogram
+from .workload import Shared
 
 RESPONDER = "rtt-responder"
 
@@ -163,9 +163,9 @@ def command_rtt(ctx: Context) -> Result:
     result = Result()
     ceiling = ctx.results["ingest"].figure("frames/s, 1 sample/frame") if "ingest" in ctx.results else None
     if not ceiling:  # measure a short ceiling here
-        gw, devices = _gateway(ctx, "command-rtt-ceiling", sz.devices, {"IOTGW_API_PORT": "0"})
+        gw, devices = start_gateway(ctx, "command-rtt-ceiling", sz.devices, {"IOTGW_API_PORT": "0"})
         try:
-            m = drive(ctx, "gateway ceiling (for half load)", gw.pid, _spec(ctx, gw.port, devices, samples=1),
+            m = drive(ctx, "gateway ceiling (for half load)", gw.pid, load_spec(ctx, gw.port, devices, samples=1),
                       warmup_s=sz.warmup_s, measure_s=max(2.0, sz.measure_s / 3))  # fmt: skip
         finally:
             gw.stop()
@@ -173,7 +173,7 @@ def command_rtt(ctx: Context) -> Result:
         ceiling = m.frames_per_s
     half_rate = max(0.1, ceiling / 2 / sz.devices)
 
-    gw, devices = _gateway(ctx, "command-rtt", sz.devices, {"IOTGW_API_PORT": "0"})
+    gw, devices = start_gateway(ctx, "command-rtt", sz.devices, {"IOTGW_API_PORT": "0"})
     responder: Responder | None = None
     try:
         api_port = _api_port(gw.log_path.read_text())
@@ -194,21 +194,21 @@ def command_rtt(ctx: Context) -> Result:
 
         before = _server_rtt(api_port)
         m = drive(ctx, "gateway at half load + commands", gw.pid,
-                  _spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
+                  load_spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
                   warmup_s=sz.warmup_s, measure_s=sz.measure_s, companion=companion)  # fmt: skip
         after = _server_rtt(api_port)
     finally:
         if responder is not None:
             responder.stop()
         gw.stop()
-    _durability(result, m, gw.count_rows(), "half load with commands")
+    check_durability(result, m, gw.count_rows(), "half load with commands")
     ctx.done(gw.directory)
 
     client = clients[0]
     hist = client.hist
     p50, p99 = hist.percentile(50), hist.percentile(99)
     print(
-        f"  commands: {hist.count} in {m.window_s:.1f} s, round trip p50 {_ms(p50)} p99 {_ms(p99)}",
+        f"  commands: {hist.count} in {m.window_s:.1f} s, round trip p50 {fmt_ms(p50)} p99 {fmt_ms(p99)}",
         flush=True,
     )
     server_n = after.get("count", 0) - before.get("count", 0)

@@ -31,7 +31,8 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from .runner import Context, Result, environment, format_table, scenario, write_result
+from .registry import Context, Result, scenario
+from .report import environment, format_table, write_result
 from .targets import REPO, GatewayTarget
 
 sys.path.insert(0, str(REPO))

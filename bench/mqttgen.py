@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .loadgen import DeviceBase, Shared, Worker, readings_payload
+from .workload import DeviceBase, Shared, Worker, readings_payload
 
 
 class MqttDevice(DeviceBase):

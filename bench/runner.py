@@ -1,8 +1,9 @@
 """``python -m bench [scenario ...] [--quick]``: run scenarios, print a table, write JSON.
 
 A scenario is a function ``(ctx: Context) -> Result`` registered with
-``@scenario("name", "title")`` in ``bench/scenarios.py``; adding one is adding
-a function. The runner calls them in registry order (or the order given),
+``@scenario("name", "title")`` (``bench/registry.py``); adding one is adding a
+function to a scenario module imported below. The runner calls them in
+registry order (or the order given),
 passes earlier results on (``ctx.results``) so a scenario can report a ratio
 against a peer measured in the same run, prints every figure next to its
 target, and writes ``<results-dir>/<date>-<scenario>.json`` with the machine
@@ -12,213 +13,24 @@ and library versions.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import os
-import platform
 import shutil
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import msgspec
+# Importing a scenario module registers its scenarios; they are listed and run in this order.
+from . import scenarios  # isort: split
 
-from .targets import REPO, MosquittoTarget, raise_nofile
+from . import command_rtt, influx_e2e
+from .registry import SCENARIOS, Context, Result
+from .report import RESULTS_DIR, environment, format_table, write_result
+from .targets import MosquittoTarget
 
-RESULTS_DIR = REPO / "bench" / "results"
-
-
-@dataclass(slots=True)
-class Figure:
-    """One line of the table: a measured value, its unit, and the target it is read against."""
-
-    name: str
-    value: float | None
-    unit: str = ""
-    target: str = ""
-    met: bool | None = None
-    note: str = ""
-
-
-@dataclass(slots=True)
-class Result:
-    """What a scenario returns: figures for the table, behaviour checks, raw details for the JSON."""
-
-    scenario: str = ""
-    title: str = ""
-    figures: list[Figure] = field(default_factory=list)
-    checks: dict[str, bool] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    error: str = ""
-
-    def add(self, name: str, value: float | None, unit: str = "", target: str = "",
-            met: bool | None = None, note: str = "") -> None:  # fmt: skip
-        self.figures.append(Figure(name, value, unit, target, met, note))
-
-    def figure(self, name: str) -> float | None:
-        return next((f.value for f in self.figures if f.name == name), None)
-
-
-@dataclass(slots=True)
-class Context:
-    """Options and shared state handed to every scenario."""
-
-    quick: bool
-    workdir: Path
-    processes: int
-    results: dict[str, Result] = field(default_factory=dict)
-    keep: bool = False
-    profile_dir: Path | None = None
-    """When set, py-spy samples the target during every measurement window (``bench.profile``)."""
-    devices: int | None = None
-    """Overrides the number of devices of the load scenarios (not ``connections``)."""
-    measure_s: float | None = None
-    """Overrides the length of every measurement window."""
-
-    def scratch(self, name: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
-        return path
-
-    def done(self, path: Path) -> None:
-        if not self.keep:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-ScenarioFn = Callable[[Context], Result]
-
-
-@dataclass(slots=True)
-class Scenario:
-    name: str
-    title: str
-    fn: ScenarioFn
-    needs: tuple[str, ...] = ()
-
-
-SCENARIOS: dict[str, Scenario] = {}
-
-
-def scenario(name: str, title: str, needs: tuple[str, ...] = ()) -> Callable[[ScenarioFn], ScenarioFn]:
-    """Register a scenario; ``needs`` names external programs it requires (skipped if missing)."""
-
-    def register(fn: ScenarioFn) -> ScenarioFn:
-        SCENARIOS[name] = Scenario(name, title, fn, needs)
-        return fn
-
-    return register
-
-
-def environment() -> dict[str, Any]:
-    """The machine and the versions the figures depend on."""
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mosquitto = None
-    binary = MosquittoTarget.available()
-    if binary:
-        out = subprocess.run([binary, "-h"], capture_output=True, text=True, check=False).stdout
-        mosquitto = out.splitlines()[0].removeprefix("mosquitto version ").strip() if out else None
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or None  # fmt: skip
-    mem_kb = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "memory_mb": mem_kb // 1024,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "websockets": version("websockets"),
-        "msgspec": version("msgspec"),
-        "paho_mqtt": version("paho-mqtt"),
-        "sqlite": sqlite3.sqlite_version,
-        "mosquitto": mosquitto,
-        "git_commit": commit,
-        "nofile_limit": raise_nofile(),
-    }
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit in ("ms",):
-        return f"{value:,.1f} {unit}"
-    if unit in ("x", "ratio"):
-        return f"{value:.2f}x" if unit == "x" else f"{value:.2f}"
-    if unit == "%":
-        return f"{value:,.0f} %"
-    if abs(value) >= 100 or value == int(value):
-        return f"{value:,.0f} {unit}".rstrip()
-    return f"{value:,.2f} {unit}".rstrip()
-
-
-def format_table(results: Sequence[Result]) -> str:
-    rows: list[tuple[str, str, str, str, str]] = [("scenario", "figure", "value", "target", "")]
-    for result in results:
-        label = result.scenario
-        if result.error:
-            rows.append((label, "ERROR", result.error.splitlines()[-1][:60], "", ""))
-            continue
-        for f in result.figures:
-            mark = "" if f.met is None else ("ok" if f.met else "MISSED")
-            note = f" ({f.note})" if f.note else ""
-            rows.append((label, f.name, _fmt(f.value, f.unit), f.target, mark + note))
-            label = ""
-        for check, passed in result.checks.items():
-            rows.append((label, f"check: {check}", "yes" if passed else "NO", "", "" if passed else "FAILED"))
-            label = ""
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = []
-    for i, r in enumerate(rows):
-        lines.append(
-            f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}".rstrip()
-        )
-        if i == 0:
-            lines.append("-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def write_result(result: Result, env: dict[str, Any], directory: Path, quick: bool) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d")
-    suffix = "-quick" if quick else ""
-    path = directory / f"{stamp}-{result.scenario}{suffix}.json"
-    document = {
-        "scenario": result.scenario,
-        "title": result.title,
-        "finished": dt.datetime.now().isoformat(timespec="seconds"),
-        "quick": quick,
-        "machine": env,
-        "seconds": round(result.seconds, 1),
-        "figures": [asdict(f) for f in result.figures],
-        "checks": result.checks,
-        "details": result.details,
-        "error": result.error or None,
-    }
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
-    return path
+SCENARIO_MODULES = (scenarios, command_rtt, influx_e2e)
 
 
 def _have(program: str) -> bool:
@@ -228,8 +40,6 @@ def _have(program: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import scenarios  # noqa: F401  (registers the scenarios)
-
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help=f"which to run, in order (default: all): {', '.join(SCENARIOS)}")  # fmt: skip

@@ -11,239 +11,25 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from . import procstat
-from .loadgen import LoadRun, LoadSpec, Shared, WorkerReport
-from .profile import Profiler, top
-from .runner import Context, Result, scenario
-from .targets import BareTarget, GatewayTarget, MosquittoTarget, Target
-
-KB = 1024
-
-
-@dataclass(slots=True)
-class Measurement:
-    """One drive of the generator against one target."""
-
-    label: str
-    spec: LoadSpec
-    report: WorkerReport
-    connected: int
-    connect_failed: int
-    connect_s: float
-    window_s: float
-    before: procstat.Snapshot | None = None
-    start: procstat.Snapshot | None = None
-    end: procstat.Snapshot | None = None
-    peak_rss_kb: int = 0
-    rss_samples: list[tuple[float, int]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def frames_per_s(self) -> float:
-        return self.report.window_frames_acked / self.window_s
-
-    @property
-    def readings_per_s(self) -> float:
-        return self.report.window_samples_acked / self.window_s
-
-    @property
-    def target_cpu(self) -> float | None:
-        if self.start is None or self.end is None:
-            return None
-        return procstat.cpu_percent(self.start, self.end)
-
-    @property
-    def target_us_per_frame(self) -> float | None:
-        """CPU time the target spent per acked frame: robust to other load on the machine."""
-        if self.start is None or self.end is None or not self.report.window_frames_acked:
-            return None
-        return 1e6 * (self.end.cpu_s - self.start.cpu_s) / self.report.window_frames_acked
-
-    @property
-    def generator_cpu(self) -> float:
-        return 100.0 * self.report.window_cpu_s / self.window_s
-
-    def summary(self) -> dict[str, Any]:
-        r = self.report
-        out: dict[str, Any] = {
-            "label": self.label,
-            "devices": len(self.spec.devices),
-            "rate_per_device": self.spec.rate or "as fast as acks allow",
-            "samples_per_frame": self.spec.samples,
-            "window": self.spec.window,
-            "generator_processes": self.spec.processes,
-            "connected": self.connected,
-            "connect_failed": self.connect_failed,
-            "connect_s": round(self.connect_s, 2),
-            "connect_latency": r.connect_hist.to_dict(),
-            "window_s": round(self.window_s, 2),
-            "frames_per_s": round(self.frames_per_s),
-            "readings_per_s": round(self.readings_per_s),
-            "frames_sent": r.frames_sent,
-            "frames_acked": r.frames_acked,
-            "samples_sent": r.samples_sent,
-            "samples_acked": r.samples_acked,
-            "unacked_at_end": r.unacked_at_end,
-            "device_backlog_frames": r.backlog,
-            "ack_latency": r.ack_hist.to_dict(),
-            "pong_latency": r.pong_hist.to_dict(),
-            "server_pings_answered": r.server_pings,
-            "commands_answered": r.commands,
-            "errors": r.errors,
-            "closes": r.closes,
-            "generator_cpu_percent": round(self.generator_cpu, 1),
-            "target_cpu_percent": None if self.target_cpu is None else round(self.target_cpu, 1),
-            "target_cpu_us_per_frame": _round(self.target_us_per_frame, 2),
-        }
-        if self.start is not None and self.end is not None:
-            out["target_threads_cpu_percent"] = procstat.threads_percent(self.start, self.end)
-            out["target_rss_kb"] = {"before_connect": self.before.rss_kb if self.before else None,
-                                    "window_start": self.start.rss_kb, "window_end": self.end.rss_kb,
-                                    "window_peak": self.peak_rss_kb}  # fmt: skip
-            out["target_write_bytes_window"] = self.end.write_bytes - self.start.write_bytes
-        out.update(self.extra)
-        return out
-
-
-class Companion(Protocol):
-    """Something that runs beside the generator (the MQTT counting subscriber)."""
-
-    def start(self) -> None: ...
-
-    def finish(self) -> dict[str, Any]: ...
-
-
-def drive(ctx: Context, label: str, pid: int, spec: LoadSpec, *, warmup_s: float, measure_s: float,
-          connect_timeout: float = 120.0, settle_s: float = 0.0,
-          on_connected: Callable[[], dict[str, Any]] | None = None,
-          companion: Callable[[Shared], Companion] | None = None) -> Measurement:  # fmt: skip
-    """Run the generator against the process ``pid``: connect all, warm up, measure, drain."""
-    before = procstat.Snapshot.take(pid)
-    run = LoadRun(spec)
-    side = companion(run.shared) if companion is not None else None
-    if side is not None:
-        side.start()
-    run.start()
-    try:
-        connected, failed, connect_s = run.wait_connected(connect_timeout)
-        if settle_s:
-            time.sleep(settle_s)
-        extra: dict[str, Any] = {}
-        if on_connected is not None:
-            extra = on_connected() or {}
-        t_start, t_end = run.go(warmup_s, measure_s)
-        _sleep_until(t_start)
-        profiler = None
-        if ctx.profile_dir is not None:
-            name = "".join(c if c.isalnum() else "-" for c in label).strip("-")
-            profiler = Profiler(pid, ctx.profile_dir / f"{name}.txt", measure_s)
-        start = procstat.Snapshot.take(pid)
-        with procstat.Sampler(pid) as sampler:
-            _sleep_until(t_end)
-            end = procstat.Snapshot.take(pid)
-        if profiler is not None:
-            print(top(profiler.wait()), flush=True)
-        report = run.finish(timeout=spec.drain_s + 60)
-    except BaseException:
-        run.abort()
-        run.finish(timeout=10)
-        if side is not None:
-            side.finish()
-        raise
-    if side is not None:
-        extra.update(side.finish())
-    m = Measurement(label, spec, report, connected, failed, connect_s, t_end - t_start, before, start, end,
-                    sampler.peak_kb, sampler.samples, extra)  # fmt: skip
-    ack = report.ack_hist
-    print(f"  {label}: {m.frames_per_s:,.0f} frames/s, {m.readings_per_s:,.0f} readings/s, "
-          f"ack p50 {_ms(ack.percentile(50))} p99 {_ms(ack.percentile(99))}, "
-          f"target CPU {m.target_cpu or 0:.0f} % ({m.target_us_per_frame or 0:.1f} us/frame), "
-          f"generator CPU {m.generator_cpu:.0f} % "
-          f"({connected} connected in {connect_s:.1f} s, {failed} failed)", flush=True)  # fmt: skip
-    return m
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _sleep_until(when: float) -> None:
-    delay = when - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
-
-
-def _p(hist: Any, p: float) -> float | None:
-    value = hist.percentile(p)
-    return None if value is None else value * 1000
-
-
-# -- sizes --------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Sizes:
-    devices: int
-    warmup_s: float
-    measure_s: float
-    conn_devices: int
-    conn_rate: float
-    conn_measure_s: float
-    overload_s: float
-
-
-def sizes(ctx: Context) -> Sizes:
-    if ctx.quick:
-        sz = Sizes(devices=50, warmup_s=0.5, measure_s=2.0, conn_devices=200, conn_rate=1.0,
-                   conn_measure_s=2.0, overload_s=2.0)  # fmt: skip
-    else:
-        sz = Sizes(devices=1000, warmup_s=3.0, measure_s=15.0, conn_devices=10_000, conn_rate=0.1,
-                   conn_measure_s=30.0, overload_s=30.0)  # fmt: skip
-    if ctx.devices:
-        sz.devices = ctx.devices
-    if ctx.measure_s:
-        sz.measure_s = sz.conn_measure_s = sz.overload_s = ctx.measure_s
-    return sz
-
-
-CEILING_WINDOW = 16
-AGENT_WINDOW = 64  # device_agent's max_in_flight
-
-
-def _spec(ctx: Context, port: int, devices: list[tuple[str, str]], **kw: Any) -> LoadSpec:
-    spec = LoadSpec(host="127.0.0.1", port=port, devices=devices, processes=ctx.processes,
-                    window=CEILING_WINDOW, drain_s=15.0, source_ips=ctx.processes)  # fmt: skip
-    for key, value in kw.items():
-        setattr(spec, key, value)
-    return spec
-
-
-def _gateway(ctx: Context, name: str, devices: int, env: dict[str, str] | None = None
-             ) -> tuple[GatewayTarget, list[tuple[str, str]]]:  # fmt: skip
-    gw = GatewayTarget(ctx.scratch(name), env)
-    t = time.monotonic()
-    tokens = gw.provision(devices)
-    provision_s = time.monotonic() - t
-    gw.start()
-    gw.provision_s = provision_s  # type: ignore[attr-defined]
-    return gw, tokens
-
-
-def _durability(result: Result, m: Measurement, rows: int, key: str) -> None:
-    """rows vs acks: every acked reading is stored; nothing stored twice; all settled."""
-    r = m.report
-    result.checks[f"{key}: every acked reading is in the store"] = rows >= r.samples_acked
-    result.checks[f"{key}: rows == acked readings"] = rows == r.samples_acked
-    result.checks[f"{key}: no error frames, no unexpected closes"] = not r.errors and not r.closes
-    m.extra["store_rows"] = rows
+from .drive import (
+    AGENT_WINDOW,
+    CEILING_WINDOW,
+    KB,
+    Measurement,
+    Sizes,
+    check_durability,
+    drive,
+    fmt_ms,
+    load_spec,
+    ms_at,
+    sizes,
+    start_gateway,
+)
+from .registry import Context, Result, scenario
+from .targets import BareTarget, MosquittoTarget, Target
 
 
 def _per_million(m: Measurement) -> float | None:
@@ -262,13 +48,13 @@ def ingest(ctx: Context) -> Result:
     runs: dict[str, Measurement] = {}
     for samples in (1, 10):
         key = f"{samples}x"
-        gw, devices = _gateway(ctx, f"ingest-{key}", sz.devices)
+        gw, devices = start_gateway(ctx, f"ingest-{key}", sz.devices)
         try:
-            m = drive(ctx, f"gateway, {samples} sample(s)/frame", gw.pid, _spec(ctx, gw.port, devices, samples=samples),
+            m = drive(ctx, f"gateway, {samples} sample(s)/frame", gw.pid, load_spec(ctx, gw.port, devices, samples=samples),
                       warmup_s=sz.warmup_s, measure_s=sz.measure_s)  # fmt: skip
         finally:
             gw.stop()
-        _durability(result, m, gw.count_rows(), f"{key}")
+        check_durability(result, m, gw.count_rows(), f"{key}")
         m.extra["provision_s"] = round(gw.provision_s, 2)  # type: ignore[attr-defined]
         m.extra["store_bytes_end"] = gw.store_bytes()
         runs[key] = m
@@ -276,19 +62,19 @@ def ingest(ctx: Context) -> Result:
     one, ten = runs["1x"], runs["10x"]
     # half load: a fixed rate per device at half the measured 1-sample ceiling
     half_rate = max(0.1, one.frames_per_s / 2 / sz.devices)
-    gw, devices = _gateway(ctx, "ingest-half", sz.devices)
+    gw, devices = start_gateway(ctx, "ingest-half", sz.devices)
     try:
         half = drive(ctx, "gateway, 1 sample/frame at half load", gw.pid,
-                     _spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
+                     load_spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
                      warmup_s=sz.warmup_s, measure_s=sz.measure_s)  # fmt: skip
     finally:
         gw.stop()
-    _durability(result, half, gw.count_rows(), "half load")
+    check_durability(result, half, gw.count_rows(), "half load")
     ctx.done(gw.directory)
 
     result.add("frames/s, 1 sample/frame", one.frames_per_s, "/s", note="committed, then acked")
-    result.add("ack p50 / p99 at ceiling, 1 sample", _p(one.report.ack_hist, 50), "ms",
-               note=f"p99 {_ms(one.report.ack_hist.percentile(99))}, window {CEILING_WINDOW}/device")  # fmt: skip
+    result.add("ack p50 / p99 at ceiling, 1 sample", ms_at(one.report.ack_hist, 50), "ms",
+               note=f"p99 {fmt_ms(one.report.ack_hist.percentile(99))}, window {CEILING_WINDOW}/device")  # fmt: skip
     result.add("gateway CPU, 1 sample", one.target_cpu, "%", note=_threads(one))
     result.add("gateway CPU per reading, 1 sample", one.target_us_per_frame, "us",
                note="all threads; robust to other load on the machine")  # fmt: skip
@@ -296,14 +82,14 @@ def ingest(ctx: Context) -> Result:
     result.add(
         "readings/s, 10 samples/frame", ten.readings_per_s, "/s", "> 150,000", ten.readings_per_s > 150_000
     )
-    result.add("ack p99 at ceiling, 10 samples", _p(ten.report.ack_hist, 99), "ms")
+    result.add("ack p99 at ceiling, 10 samples", ms_at(ten.report.ack_hist, 99), "ms")
     result.add("gateway CPU, 10 samples", ten.target_cpu, "%", note=_threads(ten))
     per_reading = None if ten.target_us_per_frame is None else ten.target_us_per_frame / 10
     result.add("gateway CPU per reading, 10 samples", per_reading, "us")
-    p99 = _p(half.report.ack_hist, 99)
+    p99 = ms_at(half.report.ack_hist, 99)
     result.add("ack p99 at half load", p99, "ms", "< 50 ms", None if p99 is None else p99 < 50,
                note=f"{half.frames_per_s:,.0f} frames/s offered by {sz.devices} devices")  # fmt: skip
-    result.add("ack p50 at half load", _p(half.report.ack_hist, 50), "ms")
+    result.add("ack p50 at half load", ms_at(half.report.ack_hist, 50), "ms")
     result.add("gateway CPU at half load", half.target_cpu, "%",
                note=f"{half.target_us_per_frame or 0:.0f} us per frame: one read and one ack each")  # fmt: skip
     per_m = _per_million(ten)
@@ -330,7 +116,7 @@ def _threads(m: Measurement) -> str:
 
 def _peer(ctx: Context, target: Target, label: str, samples: int, devices: int, sz: Sizes) -> Measurement:
     tokens = [(f"dev-{i:05d}", "unused") for i in range(devices)]
-    return drive(ctx, label, target.pid, _spec(ctx, target.port, tokens, samples=samples),
+    return drive(ctx, label, target.pid, load_spec(ctx, target.port, tokens, samples=samples),
                  warmup_s=sz.warmup_s, measure_s=sz.measure_s)  # fmt: skip
 
 
@@ -385,7 +171,7 @@ def mqtt(ctx: Context) -> Result:
         broker.start()
         try:
             tokens = [(f"dev-{i:05d}", "") for i in range(sz.devices)]
-            spec = _spec(ctx, broker.port, tokens, samples=samples, kind="mqtt")
+            spec = load_spec(ctx, broker.port, tokens, samples=samples, kind="mqtt")
             m = drive(ctx, f"mosquitto QoS 1, {samples} sample(s)/frame", broker.pid, spec,
                       warmup_s=sz.warmup_s, measure_s=sz.measure_s,
                       companion=functools.partial(Subscriber, "127.0.0.1", broker.port, "bench"))  # fmt: skip
@@ -430,7 +216,7 @@ def connections(ctx: Context) -> Result:
     sz = sizes(ctx)
     result = Result()
     n = sz.conn_devices
-    gw, devices = _gateway(ctx, "connections", n)
+    gw, devices = start_gateway(ctx, "connections", n)
     idle: dict[str, Any] = {}
 
     def measure_idle() -> dict[str, Any]:
@@ -441,14 +227,14 @@ def connections(ctx: Context) -> Result:
     try:
         time.sleep(0.5)
         base = procstat.Snapshot.take(gw.pid)
-        spec = _spec(ctx, gw.port, devices, rate=sz.conn_rate, window=AGENT_WINDOW, drain_s=15.0,
+        spec = load_spec(ctx, gw.port, devices, rate=sz.conn_rate, window=AGENT_WINDOW, drain_s=15.0,
                      connect_concurrency=128)  # fmt: skip
         m = drive(ctx, f"gateway, {n:,} devices, one frame every {1 / sz.conn_rate:g} s each", gw.pid, spec,
                   warmup_s=1.0 / sz.conn_rate, measure_s=sz.conn_measure_s, settle_s=2.0,
                   on_connected=measure_idle)  # fmt: skip
     finally:
         gw.stop()
-    _durability(result, m, gw.count_rows(), "slow senders")
+    check_durability(result, m, gw.count_rows(), "slow senders")
     ctx.done(gw.directory)
     per_conn_kb = (idle["rss_kb"] - base.rss_kb) / max(1, m.connected)
     m.extra["rss_before_connect_kb"] = base.rss_kb
@@ -457,11 +243,11 @@ def connections(ctx: Context) -> Result:
         "time to connect all",
         m.connect_s,
         "s",
-        note=f"handshake p99 {_ms(m.report.connect_hist.percentile(99))}",
+        note=f"handshake p99 {fmt_ms(m.report.connect_hist.percentile(99))}",
     )
     result.add("gateway memory per idle connection", per_conn_kb, "KB", "< 24 KB", per_conn_kb < 24,
                note=f"RSS {base.rss_kb / KB:.0f} -> {idle['rss_kb'] / KB:.0f} MiB")  # fmt: skip
-    p99 = _p(m.report.ack_hist, 99)
+    p99 = ms_at(m.report.ack_hist, 99)
     result.add("ack p99, slow senders", p99, "ms", note=f"{m.frames_per_s:,.0f} frames/s in all")
     result.add("gateway CPU, slow senders", m.target_cpu, "%")
     result.details = {"runs": {"slow": m.summary()}, "rss_before_connect_kb": base.rss_kb,
@@ -482,24 +268,24 @@ def overload(ctx: Context) -> Result:
         ceiling = gw_result.figure("frames/s, 1 sample/frame")
     env = {"IOTGW_DEVICE_PING_INTERVAL": "2", "IOTGW_DEVICE_PING_TIMEOUT": "10"}
     if not ceiling:  # measure it here (shorter)
-        gw, devices = _gateway(ctx, "overload-ceiling", sz.devices)
+        gw, devices = start_gateway(ctx, "overload-ceiling", sz.devices)
         try:
-            probe = drive(ctx, "gateway ceiling probe", gw.pid, _spec(ctx, gw.port, devices),
+            probe = drive(ctx, "gateway ceiling probe", gw.pid, load_spec(ctx, gw.port, devices),
                           warmup_s=sz.warmup_s, measure_s=max(2.0, sz.measure_s / 3))  # fmt: skip
         finally:
             gw.stop()
         ctx.done(gw.directory)
         ceiling = probe.frames_per_s
     offered = 2 * ceiling
-    gw, devices = _gateway(ctx, "overload", sz.devices, env)
+    gw, devices = start_gateway(ctx, "overload", sz.devices, env)
     try:
-        spec = _spec(ctx, gw.port, devices, rate=offered / sz.devices, window=AGENT_WINDOW, ping_every_s=0.5,
+        spec = load_spec(ctx, gw.port, devices, rate=offered / sz.devices, window=AGENT_WINDOW, ping_every_s=0.5,
                      ping_stride=10, drain_s=30.0)  # fmt: skip
         m = drive(ctx, f"gateway, {offered:,.0f} frames/s offered", gw.pid, spec, warmup_s=sz.warmup_s,
                   measure_s=sz.overload_s)  # fmt: skip
     finally:
         gw.stop()
-    _durability(result, m, gw.count_rows(), "overload")
+    check_durability(result, m, gw.count_rows(), "overload")
     ctx.done(gw.directory)
     samples = m.rss_samples
     growth_kb = 0
@@ -514,9 +300,9 @@ def overload(ctx: Context) -> Result:
         "/s",
         note=f"{m.frames_per_s / ceiling:.0%} of the ceiling",
     )
-    result.add("ack p99 under overload", _p(m.report.ack_hist, 99), "ms",
-               note=f"p50 {_ms(m.report.ack_hist.percentile(50))}, window {AGENT_WINDOW}/device")  # fmt: skip
-    result.add("pong p99 (device pings)", _p(m.report.pong_hist, 99), "ms",
+    result.add("ack p99 under overload", ms_at(m.report.ack_hist, 99), "ms",
+               note=f"p50 {fmt_ms(m.report.ack_hist.percentile(50))}, window {AGENT_WINDOW}/device")  # fmt: skip
+    result.add("pong p99 (device pings)", ms_at(m.report.pong_hist, 99), "ms",
                note=f"{m.report.pong_hist.count} pings")  # fmt: skip
     result.add("gateway pings answered", m.report.server_pings, "", note="keepalive every 2 s")
     result.add("peak gateway RSS", m.peak_rss_kb / KB, "MiB",
@@ -528,8 +314,3 @@ def overload(ctx: Context) -> Result:
     result.details = {"ceiling_frames_per_s": ceiling, "runs": {"overload": m.summary()},
                       "rss_growth_second_half_kb": growth_kb}  # fmt: skip
     return result
-
-
-# Scenarios kept in modules of their own register when imported: the InfluxDB end to end
-# (issue #4) and the command round trip through the HTTP API (issue #5).
-from . import command_rtt, influx_e2e  # noqa: E402, F401

@@ -11,13 +11,17 @@ In-process use (the gateway's demo does this)::
     await task
 
 As a process: ``iotgw-agent run --config agent.toml`` (or ``python -m device_agent run ...``).
-Modules: config (TOML + env), sensors (gpiozero), simulation (mock pins), buffer
-(SQLite), link (WebSocket session), commands (command registry), agent, cli.
+Modules: config (TOML + env) and hardware_config (its sensor and actuator tables),
+sensors (a package of gpiozero and sysfs drivers), actuators (gpiozero outputs),
+simulation (mock pins), hardware (opens sensors and simulation together), buffer
+(SQLite), link (WebSocket session), commands (command registry), agent, cli, install.
+
+It imports :mod:`iotgw_common` and never :mod:`gateway`: the agent's extra installs
+without the gateway's dependencies (tests/install/test_extras.py runs it that way).
 """
 
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig, ConfigError, load_config, parse_config
 from iotgw_common._version import __version__
-
-from .agent import Agent
-from .config import AgentConfig, ConfigError, load_config, parse_config
 
 __all__ = ["Agent", "AgentConfig", "ConfigError", "__version__", "load_config", "parse_config"]

@@ -1,5 +1,5 @@
 """``python -m device_agent``: the same as the ``iotgw-agent`` console script."""
 
-from .cli import main
+from device_agent.cli import main
 
 main()

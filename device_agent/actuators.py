@@ -1,6 +1,6 @@
 """Actuators of the agent: outputs the ``set``, ``toggle`` and ``blink`` commands drive.
 
-Built from ``[[actuators]]`` (device_agent/config.py) on gpiozero: ``led``
+Built from ``[[actuators]]`` (device_agent/hardware_config.py) on gpiozero: ``led``
 (``LED``), ``pwm_led`` (``PWMLED``), ``output`` (``DigitalOutputDevice``, a
 relay), ``buzzer`` (``Buzzer``) and ``servo`` (``Servo``). Every operation
 returns :meth:`Actuator.state`, read back from the device and its pin, so a
@@ -23,16 +23,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import (
+from device_agent.config import AgentConfig
+from device_agent.hardware_config import (
     ActuatorConfig,
-    AgentConfig,
     BuzzerActuator,
     LedActuator,
     OutputActuator,
     PwmLedActuator,
     ServoActuator,
 )
-from .simulation import mock_factory_in_use
+from device_agent.simulation import mock_factory_in_use
 
 log = logging.getLogger(__name__)
 

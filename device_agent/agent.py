@@ -24,7 +24,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from device_agent.actuators import Actuators, open_actuators
+from device_agent.buffer import FrameBuffer
+from device_agent.commands import CommandRegistry, register_builtins, register_custom
+from device_agent.config import AgentConfig
+from device_agent.hardware import Hardware, open_hardware
+from device_agent.link import Link, LinkSettings
+from device_agent.sensors import Reading, SensorError
 from iotgw_common._version import __version__
+from iotgw_common.clock import now_ms
 from iotgw_common.protocol import (
     PROTOCOL_VERSION,
     Hello,
@@ -42,14 +50,6 @@ from iotgw_common.protocol.messages import (
     MIN_TIMESTAMP_MS,
     Value,
 )
-
-from .actuators import Actuators, open_actuators
-from .buffer import FrameBuffer
-from .commands import CommandRegistry, register_builtins, register_custom
-from .config import AgentConfig
-from .hardware import Hardware, open_hardware
-from .link import Link, LinkSettings
-from .sensors import Reading, SensorError, now_ms
 
 log = logging.getLogger(__name__)
 

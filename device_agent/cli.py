@@ -29,14 +29,13 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig, ConfigError, load_config
+from device_agent.hardware import open_hardware
+from device_agent.sensors import SensorError
 from iotgw_common import sdnotify
 from iotgw_common._version import __version__
 from iotgw_common.logs import setup_logging
-
-from .agent import Agent
-from .config import AgentConfig, ConfigError, load_config
-from .hardware import open_hardware
-from .sensors import SensorError
 
 log = logging.getLogger("device_agent")
 
@@ -67,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["plain", "json"],
             help="plain lines (no timestamps under systemd) or JSON lines (default: %(default)s)",
         )
-    from .install import add_install_commands
+    from device_agent.install import add_install_commands
 
     add_install_commands(commands)  # install, uninstall (device_agent/install.py)
     return parser

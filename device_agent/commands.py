@@ -33,11 +33,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from device_agent.actuators import ActuatorError, Actuators
+from device_agent.config import BUILTIN_COMMANDS, CustomCommand
+from iotgw_common import clock
 from iotgw_common.protocol import Command, CommandInfo, Result
 from iotgw_common.protocol.messages import MAX_STRING_LENGTH
-
-from .actuators import ActuatorError, Actuators
-from .config import BUILTIN_COMMANDS, CustomCommand
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class CommandRegistry:
 
     async def handle(self, command: Command, *, now_ms: int | None = None) -> Result:
         """Run ``command`` and return the ``result`` to send; never raises (but CancelledError)."""
-        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         if command.deadline and now > command.deadline:
             return Result(id=command.id, ok=False, error="deadline passed before the command ran")
         entry = self._handlers.get(command.name)
@@ -155,7 +155,7 @@ def register_builtins(
         states = await asyncio.to_thread(actuators.states)
         return {
             "pong": True,
-            "time_ms": time.time_ns() // 1_000_000,
+            "time_ms": clock.now_ms(),
             "uptime_s": round(time.monotonic() - started, 3),
             "interval_s": get_interval(),
             "actuators": states,
@@ -163,7 +163,7 @@ def register_builtins(
 
     async def read(args: dict[str, Any]) -> dict[str, Any]:
         check_args(args, "read_now", ())
-        ts = time.time_ns() // 1_000_000
+        ts = clock.now_ms()
         values = await read_now()
         return {"ts": ts, "values": values}
 

@@ -12,9 +12,9 @@ import dataclasses
 import logging
 from typing import Any
 
-from .config import AgentConfig
-from .sensors import InputSensor, Sensor, SensorFailure, build_sensors
-from .simulation import Simulation, mock_factory_in_use
+from device_agent.config import AgentConfig
+from device_agent.sensors import InputSensor, Sensor, SensorFailure, build_sensors
+from device_agent.simulation import Simulation, mock_factory_in_use
 
 log = logging.getLogger(__name__)
 

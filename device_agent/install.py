@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from device_agent.config import ConfigError, parse_config
 from iotgw_common.install import AGENT, InstallError, Layout, add_commands
-
-from .config import ConfigError, parse_config
 
 DEVICE_PATH = "/v1/device"
 
 _HEADER = """\
-# iotgw-agent configuration, written by `iotgw-agent install` (every key: device_agent/config.py).
+# iotgw-agent configuration, written by `iotgw-agent install` (every key: device_agent/config.py,
+# sensors and actuators: device_agent/hardware_config.py).
 # The service reads it at start: `sudo systemctl restart iotgw-agent` after a change, and
 # `sudo iotgw-agent check --config /etc/iotgw/agent.toml` reads every sensor once.
 """

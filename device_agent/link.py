@@ -36,7 +36,10 @@ from collections.abc import Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from device_agent.buffer import FrameBuffer
+from device_agent.commands import CommandRegistry
 from iotgw_common._version import __version__
+from iotgw_common.clock import now_ms
 from iotgw_common.protocol import (
     CLOSE_EXPLANATIONS,
     Ack,
@@ -52,9 +55,6 @@ from iotgw_common.protocol import (
     encode,
 )
 from iotgw_common.protocol.messages import HARD_FRAME_BYTES
-
-from .buffer import FrameBuffer
-from .commands import CommandRegistry
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class Link:
         if welcome is None:
             return
         dropped = self.buffer.forget_through(welcome.last_seq)
-        self.clock_offset_ms = offset = welcome.server_time - time.time_ns() // 1_000_000
+        self.clock_offset_ms = offset = welcome.server_time - now_ms()
         stats = self.buffer.stats()
         log.info(
             "connected to %s as %s: gateway has seq <= %d (%d buffered frames already stored), "

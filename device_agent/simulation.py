@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 from gpiozero.pins.mock import MockChargingPin, MockFactory, MockSPIDevice, MockTriggerPin
 
-from .config import (
+from device_agent.hardware_config import (
     ButtonSensor,
     CpuTemperatureSensor,
     DigitalInputSensor,
@@ -49,7 +49,7 @@ from .config import (
     Mcp3008Sensor,
     SensorConfig,
 )
-from .sensors import resolve_pin_factory
+from device_agent.sensors import resolve_pin_factory
 
 log = logging.getLogger(__name__)
 

@@ -9,29 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import sqlite3
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import store
 from gateway.config import GatewayConfig
 from gateway.device.server import DEVICE_PATH, DeviceServer
-from gateway.integrations.forwarder import EVENTS_CURSOR, READINGS_CURSOR, Forwarder
+from gateway.integrations.engine import DeliveryEngine
+from gateway.integrations.influx.sink import EVENTS_CURSOR, READINGS_CURSOR, InfluxSink
 from gateway.operator.commands import CommandService
-from gateway.operator.feed import Feed, PresenceRelay
+from gateway.operator.feed import Feed
 from gateway.store import registry
+from gateway.store.retention import run_retention
 from gateway.store.writer import GroupCommitter
 
 if TYPE_CHECKING:
     from gateway.operator.api import OperatorApi
 
 log = logging.getLogger(__name__)
-
-RETENTION_EVERY_S = 3600.0
 
 
 class Gateway:
@@ -44,7 +42,7 @@ class Gateway:
         self._read_conn: sqlite3.Connection | None = None
         self.committer: GroupCommitter | None = None
         self.devices: DeviceServer | None = None
-        self.forwarder: Forwarder | None = None
+        self.forwarder: DeliveryEngine | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.commands: CommandService | None = None
         self.api: OperatorApi | None = None
@@ -59,7 +57,7 @@ class Gateway:
         self.feed = Feed(queue_size=cfg.api.feed_queue, resolve_name=self._device_name)  # docs/live.md
         self.committer.listener = self.feed
         if cfg.influx.enabled:  # before the device plane: influx.required fails fast
-            forwarder = Forwarder(cfg.influx, self.store_path, self.committer)
+            forwarder = DeliveryEngine(InfluxSink(cfg.influx), cfg.influx, self.store_path, self.committer)
             try:
                 await forwarder.start()
             except BaseException:
@@ -69,7 +67,8 @@ class Gateway:
         self.commands = CommandService(self.committer)  # loads queued commands before devices connect
         await self.commands.start()
         self.devices = DeviceServer(cfg.device, self._read_conn, self.committer)
-        self.devices.command_hooks = PresenceRelay(self.feed, self.commands)
+        self.devices.observers.append(self.commands)  # session_ready, result_received, session_closed
+        self.devices.presence_observers.append(self.feed.presence)  # online/offline in the live feed
         self.commands.state_observers.append(self.feed.command_changed)
         await self.devices.start()
         if cfg.api.enabled:
@@ -84,7 +83,14 @@ class Gateway:
                 await self.stop()
                 raise
             self.api = api
-        self._housekeeping = asyncio.create_task(self._retention_loop(), name="retention")
+        influx = cfg.influx
+        retain = run_retention(
+            self.committer,
+            cfg.store.retention_days,
+            readings_cursor=READINGS_CURSOR if influx.enabled else None,
+            events_cursor=EVENTS_CURSOR if influx.enabled and influx.events else None,
+        )
+        self._housekeeping = asyncio.create_task(retain, name="retention")
 
     @property
     def device_url(self) -> str:
@@ -141,52 +147,3 @@ class Gateway:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.stop()
-
-    async def _retention_loop(self) -> None:
-        days = self.config.store.retention_days
-        if days <= 0:
-            return
-        while True:
-            assert self.committer is not None
-            cutoff = int((time.time() - days * 86400) * 1000)
-            influx = self.config.influx
-            delete = functools.partial(
-                delete_older_than,
-                cutoff_ms=cutoff,
-                readings_cursor=READINGS_CURSOR if influx.enabled else None,
-                events_cursor=EVENTS_CURSOR if influx.enabled and influx.events else None,
-            )
-            deleted = await self.committer.call(delete)
-            if deleted:
-                log.info("retention: deleted %d readings older than %g days", deleted, days)
-            await asyncio.sleep(RETENTION_EVERY_S)
-
-
-def delete_older_than(conn: sqlite3.Connection, cutoff_ms: int, *, readings_cursor: str | None = None,
-                      events_cursor: str | None = None) -> int:  # fmt: skip
-    """Delete readings and events stamped before ``cutoff_ms``; returns readings deleted.
-
-    Works device by device through the (device_id, ts) indexes, one short
-    transaction each, so ingest is never blocked for long. With a cursor name
-    (the InfluxDB forwarder's), only rows at or below that cursor go: a row
-    the forwarder has not sent yet is kept, however old.
-    """
-    limits = {"readings": 2**63 - 1, "events": 2**63 - 1}
-    for table, cursor in (("readings", readings_cursor), ("events", events_cursor)):
-        if cursor is not None:
-            row = conn.execute("SELECT last_id FROM cursors WHERE name = ?", (cursor,)).fetchone()
-            limits[table] = 0 if row is None else row[0]
-    deleted = 0
-    device_ids = [row[0] for row in conn.execute("SELECT DISTINCT device_id FROM readings")]
-    for device_id in device_ids:
-        conn.execute("BEGIN")
-        deleted += conn.execute(
-            "DELETE FROM readings WHERE device_id = ? AND ts < ? AND id <= ?",
-            (device_id, cutoff_ms, limits["readings"]),
-        ).rowcount
-        conn.execute(
-            "DELETE FROM events WHERE device_id = ? AND ts < ? AND id <= ?",
-            (device_id, cutoff_ms, limits["events"]),
-        )
-        conn.execute("COMMIT")
-    return deleted

@@ -84,14 +84,6 @@ class InfluxSettings(_Section):
     """Newlines in string values: ``literal`` (exact with InfluxDB itself), ``escape`` (as ``\\n``,
     for engines that split lines before parsing); ``auto``: literal for v1, escape for v2."""
 
-    def __post_init__(self) -> None:
-        from gateway.integrations.influx.lineprotocol import LineError, check_measurement
-
-        try:
-            check_measurement(self.measurement)
-        except LineError as exc:
-            raise ValueError(str(exc)) from None
-
 
 class ApiSettings(_Section):
     """The operator HTTP API (docs/api.md): JSON, bearer tokens from ``iotgw token add``."""

@@ -1,7 +1,8 @@
-"""Logging set-up: plain lines with levels, or JSON lines.
+"""Logging set-up: plain lines with levels, or JSON lines; shared by ``iotgw`` and ``iotgw-agent``.
 
-Under systemd (``JOURNAL_STREAM`` set) the plain format omits timestamps,
-since journald adds its own.
+Call :func:`setup_logging` once, at the start of a command, before anything logs; library
+code only calls ``logging.getLogger(__name__)``. Under systemd (``JOURNAL_STREAM`` set) the
+plain format omits timestamps, since journald adds its own. Standard library only.
 """
 
 from __future__ import annotations

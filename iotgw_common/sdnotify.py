@@ -12,7 +12,7 @@ both are absent and every call here is a no-op, so callers need no checks::
 
 The watchdog is fed from the event loop, so it proves the loop still runs:
 a loop blocked for longer than ``WatchdogSec`` gets the process restarted.
-Protocol: sd_notify(3); the gateway and the agent share this module.
+Protocol: sd_notify(3); the gateway and the agent share this module (standard library only).
 """
 
 from __future__ import annotations

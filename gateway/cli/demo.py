@@ -27,6 +27,7 @@ from gateway.app import Gateway
 from gateway.cli.firmware import simulated_board_command
 from gateway.config import GatewayConfig
 from gateway.store import registry
+from gateway.store.readings import event_count, newest_sample, reading_counts
 from iotgw_common.logs import setup_logging
 
 BOARD_NAME = "board-greenhouse"
@@ -258,20 +259,16 @@ A summary prints here every 5 seconds. Stop with Ctrl-C.
 def _report(store_path: str, names: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
     conn = store.connect(store_path, create=False)
     try:
-        counts = registry.reading_counts(conn)
+        counts = reading_counts(conn)
         parts = []
         for name, proc in zip(names, procs, strict=True):
             record = registry.find_by_name(conn, name)
             if record is None:
                 continue
-            row = conn.execute(
-                "SELECT data FROM readings WHERE device_id = ? ORDER BY id DESC LIMIT 1", (record.id,)
-            ).fetchone()
-            latest = _short(row[0]) if row else "no readings yet"
+            newest = newest_sample(conn, record.id)
+            latest = _short(newest) if newest is not None else "no readings yet"
             state = "running" if proc.poll() is None else f"EXITED {proc.returncode}"
-            events = conn.execute("SELECT count(*) FROM events WHERE device_id = ?", (record.id,)).fetchone()[
-                0
-            ]
+            events = event_count(conn, record.id)
             parts.append(
                 f"  {name:<17} {counts.get(record.id, 0):>6} readings {events:>4} events  {latest}  [{state}]"
             )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.config import ConfigError, load_config
+from gateway.cli.common import load_checked_config
+from gateway.config import ConfigError
 from iotgw_common.install import GATEWAY, InstallError, Layout, add_commands
 
 _GATEWAY_CONFIG = """\
@@ -44,7 +45,7 @@ def gateway_config_text(args: argparse.Namespace, layout: Layout, existing: Path
             else _GATEWAY_CONFIG.format(store=store)
         )
     try:
-        config = load_config(args.config, environ={})
+        config = load_checked_config(args.config, environ={})
         text = Path(args.config).read_text(encoding="utf-8")
     except ConfigError as exc:
         raise InstallError(str(exc)) from None

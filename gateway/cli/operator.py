@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +30,7 @@ from gateway import store
 from gateway.cli.client import ApiClient, ApiError
 from gateway.cli.common import config_from_args
 from gateway.store import operators
+from iotgw_common.clock import now_ms
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -272,7 +272,7 @@ def _watch(args: argparse.Namespace) -> int:
 def _readings(args: argparse.Namespace) -> int:
     def run(client: ApiClient, args: argparse.Namespace) -> int:
         device = urllib.parse.quote(args.device, safe="")
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         if args.metric is None:
             seen: dict[str, int] = {}
             while True:

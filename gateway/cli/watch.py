@@ -14,13 +14,14 @@ import asyncio
 import datetime as dt
 import json
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from iotgw_common.clock import now_ms
 
 FEED_PATH = "/api/v1/feed"
 UNAUTHORIZED = 4401
@@ -213,7 +214,7 @@ class WatchState:
         from rich.table import Table
         from rich.text import Text
 
-        now = time.time() * 1000
+        now = now_ms()
         online = sum(1 for r in self.devices.values() if r.online)
         table = Table(expand=True, header_style="bold", pad_edge=False, show_edge=False)
         table.add_column("device", style="bold", no_wrap=True)

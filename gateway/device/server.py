@@ -1,79 +1,73 @@
-"""The device plane: a ``websockets`` server speaking protocol v1.
+"""The device plane's I/O: a ``websockets`` server speaking protocol v1.
 
 The opening handshake checks the bearer token (HTTP 401 otherwise); each
-session then runs hello -> welcome -> data frames -> acks. Decoding and
-validation are the codec's; durability is the group committer's; this module
-does the I/O and the session rules of docs/protocol.md.
+connection then gets a ``DeviceSession``, whose receive loop feeds every frame
+to its ``SessionMachine`` (gateway/device/session.py, where the session rules
+live) and carries out what the machine decides: send a reply, submit to the
+group committer, hand a result to the command service, close. Acks come from
+the device's ``StreamState`` after each commit and leave through the fast path
+of ``DeviceSession.send_ack``.
+
+Others hear about sessions through observers registered on the server
+(``DeviceServer.observers``, ``DeviceServer.presence_observers``); the
+gateway (gateway/app.py) registers the command service and the live feed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import sqlite3
-import time
 import weakref
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from gateway.config import DeviceSettings
+from gateway.device.session import Close, HelloAccepted, MetaUpdate, Output, Refusal, SessionMachine
 from gateway.device.streams import StreamState
 from gateway.store import registry
 from gateway.store.registry import DeviceRecord
 from gateway.store.writer import GroupCommitter
 from gateway.tokens import bearer_token
-from iotgw_common.protocol import (
-    PROTOCOL_VERSION,
-    Ack,
-    CloseCode,
-    Command,
-    Error,
-    ErrorCode,
-    Event,
-    Hello,
-    ProtocolError,
-    Readings,
-    Result,
-    Status,
-    Welcome,
-    check_clock,
-    decode_device_message,
-    encode,
-)
-from iotgw_common.protocol.messages import (
-    HARD_FRAME_BYTES,
-    MAX_FRAME_BYTES,
-    MAX_SAMPLES,
-    MAX_STRING_LENGTH,
-    MAX_VALUES,
-)
+from iotgw_common.clock import now_ms
+from iotgw_common.protocol import Ack, CloseCode, Command, Event, Hello, Readings, Result, encode
+from iotgw_common.protocol.messages import HARD_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
 DEVICE_PATH = "/v1/device"
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class SessionObserver(Protocol):
+    """Hears what happens on device sessions (the command service); called on the event loop.
 
-
-class CommandHooks(Protocol):
-    """What a session tells the command service (gateway/operator/commands.py); all on the event loop."""
+    Register with ``DeviceServer.observers.append(observer)``. Methods must not
+    block; they are called in registration order.
+    """
 
     def session_ready(self, session: DeviceSession, hello: Hello) -> None:
-        """``welcome`` was sent: the device accepts ``hello.commands`` on this connection."""
+        """``welcome`` was sent: the device accepts ``hello.commands`` through ``session.send_command``."""
 
     def result_received(self, session: DeviceSession, result: Result) -> None:
-        """The device answered a command."""
+        """The device answered a command on ``session``."""
 
     def session_closed(self, session: DeviceSession) -> None:
         """The connection ended (whether or not it got past hello)."""
+
+
+PresenceObserver = Callable[[int, str, bool, str | None], None]
+"""``observer(device_id, name, online, peer)``: a device came online (its session is ready,
+``peer`` is its address) or went offline (``peer`` None). Register with
+``DeviceServer.presence_observers.append``; called on the event loop after the
+session observers, must not block. A connection that a newer one replaced
+closes without reporting offline: the newer one holds the device."""
 
 
 class DeviceServer:
@@ -86,13 +80,16 @@ class DeviceServer:
         self._server: Server | None = None
         self._streams: dict[int, StreamState] = {}
         self.sessions: dict[int, DeviceSession] = {}
+        """Device id -> the connection that holds the device (the newest one)."""
         # device records found by the handshake, handed to the handler by connection id
         self._authenticated: weakref.WeakKeyDictionary[ServerConnection, DeviceRecord] = (
             weakref.WeakKeyDictionary()
         )
+        self._online: set[int] = set()  # device ids reported online to the presence observers
         self.port: int = settings.port
         self.refused_handshakes = 0
-        self.command_hooks: CommandHooks | None = None
+        self.observers: list[SessionObserver] = []
+        self.presence_observers: list[PresenceObserver] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -124,6 +121,10 @@ class DeviceServer:
         self._server.close(close_connections=True, code=CloseCode.GOING_AWAY, reason="gateway shutting down")
         await self._server.wait_closed()
         self._server = None
+
+    @property
+    def committer(self) -> GroupCommitter:
+        return self._committer
 
     # -- handshake ----------------------------------------------------------------------
 
@@ -174,7 +175,10 @@ class DeviceServer:
         """
         state = self._streams.get(record.id)
         if state is not None:
-            await state.drained()
+            if not state.drained:
+                drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                state.when_drained(functools.partial(_settle, drained))
+                await drained
             if state.stream == stream and not state.failed:
                 return state
             if state.failed:
@@ -185,31 +189,36 @@ class DeviceServer:
         self._streams[record.id] = state
         return state
 
-    def welcome_limits(self) -> dict[str, int]:
-        return {
-            "max_frame_bytes": MAX_FRAME_BYTES,
-            "max_samples": MAX_SAMPLES,
-            "max_values": MAX_VALUES,
-            "max_string_length": MAX_STRING_LENGTH,
-            "max_clock_skew_ms": self.settings.max_clock_skew_ms,
-        }
+    def _session_ready(self, session: DeviceSession, hello: Hello) -> None:
+        for observer in self.observers:
+            observer.session_ready(session, hello)
+        record = session.record
+        self._online.add(record.id)
+        for presence in self.presence_observers:
+            presence(record.id, record.name, True, session.peer)
 
-    @property
-    def committer(self) -> GroupCommitter:
-        return self._committer
+    def _session_closed(self, session: DeviceSession) -> None:
+        for observer in self.observers:
+            observer.session_closed(session)
+        record = session.record
+        # A connection replaced by a newer one closes while the newer one holds the device.
+        if self.sessions.get(record.id) is session and record.id in self._online:
+            self._online.discard(record.id)
+            for presence in self.presence_observers:
+                presence(record.id, record.name, False, None)
 
 
 class DeviceSession:
-    """One authenticated connection: hello, then data frames, acks and errors."""
+    """One authenticated connection: the I/O around its ``SessionMachine``, acks, commands."""
 
     def __init__(self, server: DeviceServer, connection: ServerConnection, record: DeviceRecord) -> None:
         self.server = server
         self.connection = connection
         self.record = record
         self.peer = _peer(connection)
-        self.state: StreamState | None = None
-        self.refused_in_row = 0
-        self.frames = 0
+        self.machine = SessionMachine(server.settings, record.name, clock=now_ms)
+        self.stream: StreamState | None = None
+        """The device's stream, from ``welcome`` on."""
         self._ack_seq = 0
         self._sent_ack = 0
         self._ack_scheduled = False
@@ -228,12 +237,13 @@ class DeviceSession:
         finally:
             if self._ack_task is not None:
                 self._ack_task.cancel()
-            if self.server.command_hooks is not None:
-                self.server.command_hooks.session_closed(self)
-            if self.state is not None and self.state.target is self:
-                self.state.target = None
+            self.server._session_closed(self)
+            if self.stream is not None and self.stream.target is self:
+                self.stream.target = None
             code = self.connection.close_code
-            log.info("device %s disconnected (code %s, %d frames)", self.record.name, code, self.frames)
+            log.info(
+                "device %s disconnected (code %s, %d frames)", self.record.name, code, self.machine.frames
+            )
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close the connection with ``code`` without waiting (safe to call twice)."""
@@ -247,13 +257,6 @@ class DeviceSession:
         The command service calls this after the ``sent`` state is durable (at most once).
         """
         await self.connection.send(encode(command), text=True)
-
-    async def _close(self, code: CloseCode, reason: str) -> bool:
-        """Close with ``code`` from inside the session and wait for it; returns False."""
-        if not self._closing:
-            self._closing = True
-            await self.connection.close(code, reason)
-        return False
 
     # -- AckTarget ------------------------------------------------------------------
 
@@ -293,129 +296,8 @@ class DeviceSession:
             self._ack_task = asyncio.create_task(self._send_acks())
 
     def commit_failed(self, error: BaseException) -> None:
-        self.close(CloseCode.INTERNAL_ERROR, "the gateway could not store data; resend unacked frames")
-
-    # -- protocol -------------------------------------------------------------------
-
-    async def _expect_hello(self) -> bool:
-        """Wait for hello (answering data frames with hello_required); send welcome."""
-        deadline = asyncio.get_running_loop().time() + self.server.settings.hello_timeout
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    frame = await self.connection.recv(decode=False)
-            except TimeoutError:
-                return await self._close(CloseCode.HELLO_TIMEOUT, "no hello within the hello timeout")
-            try:
-                message = decode_device_message(frame)
-            except ProtocolError as exc:
-                if not await self._refuse(exc):
-                    return False
-                continue
-            if type(message) is Hello:
-                return await self._welcome(message)
-            seq = getattr(message, "seq", None)
-            refusal = ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello before any other message", seq)
-            if not await self._refuse(refusal):
-                return False
-
-    async def _welcome(self, hello: Hello) -> bool:
-        record = self.record
-        if hello.device is not None and hello.device != record.name:
-            log.warning("device %s: hello claims to be %r; closing", record.name, hello.device)
-            return await self._close(
-                CloseCode.DEVICE_MISMATCH, f"this token belongs to {record.name!r}, not {hello.device!r}"
-            )
-        if hello.protocol != PROTOCOL_VERSION:
-            return await self._close(
-                CloseCode.UNSUPPORTED_PROTOCOL, f"this gateway speaks protocol {PROTOCOL_VERSION}"
-            )
-        state = await self.server.open_stream(record, hello.stream)
-        if self.server.sessions.get(record.id) is not self:
-            return False  # replaced while waiting for the previous frames to settle
-        state.target = self
-        self.state = state
-        self._sent_ack = state.committed
-        self.server.committer.submit_meta(
-            record.id,
-            agent=hello.agent,
-            sensors=msgspec.to_builtins(hello.sensors),
-            commands=msgspec.to_builtins(hello.commands),
-            info=hello.info,
-            buffered=hello.buffered,
-            dropped=hello.dropped,
-            last_seen_ms=now_ms(),
-        )
-        settings: dict[str, Any] = {}
-        if self.server.settings.sample_interval is not None:
-            settings["interval_s"] = self.server.settings.sample_interval
-        welcome = Welcome(
-            device=record.name,
-            server_time=now_ms(),
-            last_seq=state.committed,
-            settings=settings,
-            limits=self.server.welcome_limits(),
-        )
-        await self.connection.send(encode(welcome), text=True)
-        if self.server.command_hooks is not None:
-            self.server.command_hooks.session_ready(self, hello)
-        log.info(
-            "device %s: hello from %s, stream %s, last stored seq %d, %d buffered, %d dropped",
-            record.name, hello.agent, hello.stream, state.committed, hello.buffered, hello.dropped,
-        )  # fmt: skip
-        return True
-
-    async def _receive_data(self) -> None:
-        assert self.state is not None
-        state = self.state
-        committer = self.server.committer
-        recv = self.connection.recv
-        max_skew = self.server.settings.max_clock_skew_ms
-        device_id = self.record.id
-        while True:
-            await committer.wait_for_room()
-            frame = await recv(decode=False)
-            self.frames += 1
-            try:
-                message = decode_device_message(frame)
-                if isinstance(message, Readings | Event):
-                    stamped = message.samples if isinstance(message, Readings) else (message,)
-                    check_clock(stamped, now_ms(), max_skew, message.seq)
-                    if not state.accept(message.seq):
-                        raise ProtocolError(
-                            ErrorCode.SEQ_NOT_INCREASING,
-                            f"seq {message.seq} is not above {state.high}, the highest already received "
-                            "on this stream; it is not stored again",
-                            message.seq,
-                        )
-                    committer.submit(state, device_id, state.stream, message)
-                elif isinstance(message, Status):
-                    committer.submit_meta(
-                        device_id, buffered=message.buffered, dropped=message.dropped, info=message.info,
-                        last_seen_ms=now_ms(),
-                    )  # fmt: skip
-                elif isinstance(message, Result):
-                    if self.server.command_hooks is not None:
-                        self.server.command_hooks.result_received(self, message)
-                else:
-                    raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "hello was already received")
-            except ProtocolError as exc:
-                if not await self._refuse(exc):
-                    return
-                continue
-            self.refused_in_row = 0
-
-    async def _refuse(self, exc: ProtocolError) -> bool:
-        """Answer a refused frame with an error; False once the device must be closed."""
-        self.refused_in_row += 1
-        log.info("device %s: refused frame: %s (seq %s)", self.record.name, exc, exc.seq)
-        error = Error(code=exc.code.value, detail=exc.detail, seq=exc.seq)
-        await self.connection.send(encode(error), text=True)
-        if self.refused_in_row >= self.server.settings.max_refused_in_row:
-            return await self._close(
-                CloseCode.POLICY_VIOLATION, f"{self.refused_in_row} refused frames in a row"
-            )
-        return True
+        decision = self.machine.commit_failed()
+        self.close(decision.code, decision.reason)
 
     async def _send_acks(self) -> None:
         """Send the latest cumulative ack through ``send()`` (flow control) until none is newer."""
@@ -425,6 +307,89 @@ class DeviceSession:
                 await self.connection.send(encode(Ack(seq=seq)), text=True)
             except ConnectionClosed:
                 return
+
+    # -- receive loop -----------------------------------------------------------------
+
+    async def _expect_hello(self) -> bool:
+        """Read frames until the machine accepts hello or closes; send welcome. False: closed."""
+        machine = self.machine
+        deadline = self._loop.time() + self.server.settings.hello_timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await self.connection.recv(decode=False)
+            except TimeoutError:
+                return await self._carry_out(machine.hello_timed_out())
+            decision = machine.receive_frame(frame)
+            if isinstance(decision, HelloAccepted):
+                return await self._welcome(decision.hello)
+            if not await self._carry_out(decision):
+                return False
+
+    async def _welcome(self, hello: Hello) -> bool:
+        record = self.record
+        stream = await self.server.open_stream(record, hello.stream)
+        if self.server.sessions.get(record.id) is not self:
+            return False  # replaced while waiting for the previous frames to settle
+        greeting = self.machine.welcome(stream)
+        stream.target = self
+        self.stream = stream
+        self._sent_ack = stream.committed
+        self.server.committer.submit_meta(record.id, **greeting.meta)
+        await self.connection.send(greeting.frame, text=True)
+        self.server._session_ready(self, hello)
+        log.info(
+            "device %s: hello from %s, stream %s, last stored seq %d, %d buffered, %d dropped",
+            record.name, hello.agent, hello.stream, stream.committed, hello.buffered, hello.dropped,
+        )  # fmt: skip
+        return True
+
+    async def _receive_data(self) -> None:
+        """The hot loop: a valid data frame costs one decode, one check, one submit."""
+        stream = self.stream
+        assert stream is not None
+        name = stream.stream
+        committer = self.server.committer
+        submit = committer.submit
+        wait_for_room = committer.wait_for_room
+        recv = self.connection.recv
+        receive_frame = self.machine.receive_frame
+        device_id = self.record.id
+        while True:
+            await wait_for_room()
+            decision = receive_frame(await recv(decode=False))
+            if type(decision) is Readings or type(decision) is Event:
+                submit(stream, device_id, name, decision)
+            elif not await self._carry_out(decision):
+                return
+
+    async def _carry_out(self, decision: Output | None) -> bool:
+        """Do what the machine decided (other than a data frame); False once the connection ends."""
+        if isinstance(decision, Refusal):
+            exc = decision.error
+            log.info("device %s: refused frame: %s (seq %s)", self.record.name, exc, exc.seq)
+            await self.connection.send(decision.frame, text=True)
+            if decision.close is None:
+                return True
+            decision = decision.close
+        if isinstance(decision, Close):
+            level = logging.WARNING if decision.code == CloseCode.DEVICE_MISMATCH else logging.INFO
+            log.log(level, "device %s: closing with %d: %s", self.record.name, decision.code, decision.reason)
+            if not self._closing:
+                self._closing = True
+                await self.connection.close(decision.code, decision.reason)
+            return False
+        if isinstance(decision, MetaUpdate):
+            self.server.committer.submit_meta(self.record.id, **decision.fields)
+        elif isinstance(decision, Result):
+            for observer in self.server.observers:
+                observer.result_received(self, decision)
+        return True  # None: a close is under way; keep reading until the connection ends
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # cancelled: the waiting session is gone
+        future.set_result(None)
 
 
 def _peer(connection: ServerConnection) -> str:

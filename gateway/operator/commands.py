@@ -1,50 +1,42 @@
-"""The command service: operators' commands to devices, their states, and the command log.
+"""The command service: delivers operators' commands to devices and tracks them to the end.
 
-Life of a command (docs/commands.md)::
+A command's states, their rules and their SQL are the ledger's
+(``gateway.store.ledger``, docs/commands.md); this service decides *when* a command
+moves: it queues commands per device, sends them on the device's ready session, finishes
+them on the device's result, expires and times them out, and tells observers.
 
-    submit ──> queued ──> sent ──> succeeded      (result ok)
-                 │          └───> failed         (result not ok, no result within the timeout,
-                 │                                 connection lost before the result)
-                 ├──> expired                     (not delivered within its TTL)
-                 └──> failed                      (undeclared by the device at delivery, cancelled)
+Every state change is written to the ledger through the group committer's writer thread
+(``GroupCommitter.call``), all changes made in one loop turn in one transaction. ``sent`` is
+durable *before* the frame leaves, so a gateway crash never makes a command run twice:
+delivery is at most once, and a command that was ``sent`` when the gateway stopped is
+``failed`` at the next start ("gateway restarted before the result arrived").
 
-Every state change is written to the store (``commands`` row + one
-``command_states`` row) through the group committer's writer thread, several
-changes per transaction. ``sent`` is durable *before* the frame leaves, so a
-gateway crash never makes a command run twice: delivery is at most once, and a
-command that was ``sent`` when the gateway stopped is ``failed`` at the next
-start ("gateway restarted before the result arrived").
-
-The device server calls the :class:`~gateway.device.server.CommandHooks`
-methods (``session_ready`` after ``welcome``, ``result_received``,
-``session_closed``); a queued command goes out on the next ready session of
-its device, in submission order, one device at a time. ``deadline`` in the
-frame is ``sent + timeout``: a device must not start a command after it.
-A sweeper expires queued commands past their TTL and fails sent ones past
-their deadline.
+The device plane calls the session hooks (``session_ready`` after ``welcome``,
+``result_received``, ``session_closed``); a queued command goes out on the next ready
+session of its device, in submission order, one device at a time. ``deadline`` in the frame
+is ``sent + timeout``: a device must not start a command after it. A sweeper expires queued
+commands past their TTL and fails sent ones past their deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import secrets
-import sqlite3
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from gateway.operator.ledger_writes import LedgerWrites
+from gateway.store import ledger
+from gateway.store.ledger import FINAL_STATES, CommandRecord, CommandState
+from iotgw_common.clock import now_ms
 from iotgw_common.protocol import Command, Hello, Result
-from iotgw_common.protocol.messages import MAX_STRING_LENGTH
 
 if TYPE_CHECKING:
-    from gateway.device.server import DeviceSession
     from gateway.store.registry import DeviceRecord
     from gateway.store.writer import GroupCommitter
 
@@ -56,22 +48,6 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_TTL_S = 60.0
 MAX_TIMEOUT_S = 300.0
 MAX_TTL_S = 7 * 86400.0
-
-
-class CommandState(enum.StrEnum):
-    QUEUED = "queued"
-    SENT = "sent"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-
-FINAL_STATES = frozenset({CommandState.SUCCEEDED, CommandState.FAILED, CommandState.EXPIRED})
-TRANSITIONS: dict[CommandState, frozenset[CommandState]] = {
-    CommandState.QUEUED: frozenset({CommandState.SENT, CommandState.FAILED, CommandState.EXPIRED}),
-    CommandState.SENT: frozenset({CommandState.SUCCEEDED, CommandState.FAILED}),
-}
-"""Allowed state changes; a final state has none."""
 
 
 class CommandError(ValueError):
@@ -87,40 +63,23 @@ class UnknownCommand(LookupError):
     """No command with that id."""
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class CommandSession(Protocol):
+    """What the service needs of a device's connection (``gateway.device.server.DeviceSession``).
 
-
-@dataclass(slots=True)
-class StateChange:
-    state: str
-    ts_ms: int
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class CommandRecord:
-    """A command as the log holds it. ``value`` / ``error`` come from the device's result."""
-
-    id: str
-    device_id: int
-    device: str
-    name: str
-    args: dict[str, Any]
-    state: str
-    sender: str
-    created_ms: int
-    expires_ms: int
-    timeout_ms: int
-    deadline_ms: int = 0
-    updated_ms: int = 0
-    value: Any = None
-    error: str | None = None
-    history: list[StateChange] = field(default_factory=list)
+    The same object is passed to every hook for one connection; the service compares
+    sessions by identity.
+    """
 
     @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
+    def record(self) -> DeviceRecord:
+        """The device this connection authenticated as."""
+
+    @property
+    def peer(self) -> str:
+        """The remote address, for the ``sent`` history entry."""
+
+    async def send_command(self, command: Command) -> None:
+        """Send one ``command`` frame; raise (``ConnectionClosed``, mostly) if it cannot."""
 
 
 @dataclass(slots=True, eq=False)
@@ -128,13 +87,8 @@ class _Open:
     """A command not yet final, held in memory by the service."""
 
     record: CommandRecord
-    session: DeviceSession | None = None  # the session it was sent on
+    session: CommandSession | None = None  # the session it was sent on
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def new_command_id(created_ms: int) -> str:
-    """Opaque, unique, and sorting by creation time: 12 hex digits of ms + 8 random."""
-    return f"{created_ms:012x}{secrets.token_hex(4)}"
 
 
 class CommandService:
@@ -155,12 +109,10 @@ class CommandService:
         self._clock = clock
         self._open: dict[str, _Open] = {}
         self._queues: dict[int, deque[str]] = {}  # device id -> queued command ids, oldest first
-        self._ready: dict[int, DeviceSession] = {}  # device id -> session past welcome
+        self._ready: dict[int, CommandSession] = {}  # device id -> session past welcome
         self._declared: dict[int, frozenset[str]] = {}  # device id -> commands of its live hello
         self._drains: dict[int, asyncio.Task[None]] = {}
-        self._changes: list[tuple[str, tuple[Any, ...]]] = []
-        self._flush: asyncio.Future[None] | None = None
-        self._flush_scheduled = False
+        self._writes = LedgerWrites(committer)
         self._sweeper: asyncio.Task[None] | None = None
         self.finished: dict[str, int] = {state.value: 0 for state in FINAL_STATES}
         """Commands that reached each final state since start (for /metrics)."""
@@ -174,7 +126,7 @@ class CommandService:
     async def start(self) -> None:
         """Load unfinished commands from the store; fail those that were in flight."""
         now = self._clock()
-        rows = await self._committer.call(_load_open)
+        rows = await self._committer.call(ledger.load_open)
         for record in rows:
             item = _Open(record)
             self._open[record.id] = item
@@ -196,9 +148,9 @@ class CommandService:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sweeper = None
         self._drains.clear()
-        if self._changes or self._flush is not None:
+        if self._writes.pending:
             with contextlib.suppress(Exception):
-                await self._flush_now()
+                await self._writes.flush()
 
     # -- operators' side ---------------------------------------------------------------
 
@@ -227,23 +179,19 @@ class CommandService:
         if len(msgspec.json.encode(args)) > MAX_ARGS_BYTES:
             raise CommandError(f"args are larger than {MAX_ARGS_BYTES} bytes encoded")
         now = self._clock()
-        record = CommandRecord(
-            id=new_command_id(now),
+        record, insert = ledger.new_command(
             device_id=device.id,
             device=device.name,
             name=name,
             args=args,
-            state=CommandState.QUEUED,
             sender=sender,
-            created_ms=now,
-            expires_ms=now + round(ttl_s * 1000),
+            now_ms=now,
+            ttl_ms=round(ttl_s * 1000),
             timeout_ms=max(1, round(timeout_s * 1000)),
-            updated_ms=now,
-            history=[StateChange(CommandState.QUEUED, now, f"by {sender}")],
         )
         item = _Open(record)
         self._open[record.id] = item
-        self._change("insert", _insert_row(record))
+        self._writes.add(insert)
         for observe in self.state_observers:
             observe(record)
         log.info("command %s %s for %s queued by %s", record.id, name, device.name, sender)
@@ -253,7 +201,7 @@ class CommandService:
             # transaction, before the frame leaves (one commit on the way out instead of two)
             await self._deliver(session, item)
             return record
-        await self._flush_now()
+        await self._writes.flush()
         if device.id in self._ready:
             self._enqueue(record)
         elif ttl_s <= 0:
@@ -311,9 +259,9 @@ class CommandService:
                 counts[item.record.state] += 1
         return counts
 
-    # -- device server hooks (gateway.device.server.CommandHooks) -----------------------
+    # -- the device plane's session hooks ----------------------------------------------
 
-    def session_ready(self, session: DeviceSession, hello: Hello) -> None:
+    def session_ready(self, session: CommandSession, hello: Hello) -> None:
         """``welcome`` went out: remember what the device accepts, deliver its queue."""
         device_id = session.record.id
         self._ready[device_id] = session
@@ -321,7 +269,7 @@ class CommandService:
         if self._queues.get(device_id):
             self._kick(device_id)
 
-    def result_received(self, session: DeviceSession, result: Result) -> None:
+    def result_received(self, session: CommandSession, result: Result) -> None:
         """A ``result`` arrived: finish the command it answers (unknown or late ones are logged)."""
         item = self._open.get(result.id)
         if item is None or item.record.state != CommandState.SENT or item.session is not session:
@@ -332,10 +280,10 @@ class CommandService:
             )
             return
         now = self._clock()
-        record = item.record
-        sent = next((c.ts_ms for c in reversed(record.history) if c.state == CommandState.SENT), now)
+        sent = item.record.sent_ms
+        elapsed = 0 if sent is None else now - sent
         for observe in self.round_trip_observers:
-            observe((now - sent) / 1000)
+            observe(elapsed / 1000)
         if result.ok:
             self._finish(item, CommandState.SUCCEEDED, now, value=result.value)
         else:
@@ -347,7 +295,7 @@ class CommandService:
                 error=result.error or "the device reported failure without a reason",
             )
 
-    def session_closed(self, session: DeviceSession) -> None:
+    def session_closed(self, session: CommandSession) -> None:
         """The connection ended: commands in flight on it cannot be answered any more."""
         device_id = session.record.id
         if self._ready.get(device_id) is session:
@@ -398,7 +346,7 @@ class CommandService:
             if queue is not None and not queue:
                 self._queues.pop(device_id, None)
 
-    async def _deliver(self, session: DeviceSession, item: _Open) -> None:
+    async def _deliver(self, session: CommandSession, item: _Open) -> None:
         record = item.record
         now = self._clock()
         if now >= record.expires_ms:
@@ -410,28 +358,26 @@ class CommandService:
                 item,
                 CommandState.FAILED,
                 now,
-                error=_short(
-                    f"the device does not accept command {record.name!r}; it declares: "
-                    + (", ".join(sorted(declared)) or "no commands")
-                ),
+                error=f"the device does not accept command {record.name!r}; it declares: "
+                + (", ".join(sorted(declared)) or "no commands"),
             )
             return
         record.deadline_ms = now + record.timeout_ms
         item.session = session
         self._transition(record, CommandState.SENT, now, f"to {session.peer}")
-        await self._flush_now()  # durable before the frame leaves: at most once
+        await self._writes.flush()  # durable before the frame leaves: at most once
         if record.state != CommandState.SENT:
             return  # finished meanwhile (connection closed, cancelled)
         frame = Command(id=record.id, name=record.name, args=record.args, deadline=record.deadline_ms)
         try:
             await session.send_command(frame)
-        except Exception as exc:  # ConnectionClosed, mostly
+        except Exception as exc:  # ConnectionClosed, mostly; the command failed, the service goes on
             if record.state == CommandState.SENT:
                 self._finish(
                     item,
                     CommandState.FAILED,
                     self._clock(),
-                    error=_short(f"the connection failed while sending: {exc or type(exc).__name__}"),
+                    error=f"the connection failed while sending: {exc or type(exc).__name__}",
                 )
 
     async def _sweep_loop(self) -> None:
@@ -458,16 +404,7 @@ class CommandService:
     # -- state changes and their writes ---------------------------------------------------
 
     def _transition(self, record: CommandRecord, state: CommandState, now: int, detail: str = "") -> None:
-        current = CommandState(record.state)
-        if state not in TRANSITIONS.get(current, frozenset()):
-            raise RuntimeError(f"command {record.id}: {current} -> {state} is not a valid change")
-        record.state = state
-        record.updated_ms = now
-        record.history.append(StateChange(state, now, detail))
-        result = None
-        if state in FINAL_STATES:
-            result = msgspec.json.encode({"value": record.value, "error": record.error}).decode()
-        self._change("state", (record.id, state.value, now, detail, record.deadline_ms, result))
+        self._writes.add(ledger.transition(record, state, now, detail))
         for observe in self.state_observers:
             observe(record)
 
@@ -481,9 +418,9 @@ class CommandService:
                 queue.remove(record.id)
                 if not queue:
                     del self._queues[record.device_id]
-        record.value = value
-        record.error = _short(error) if error is not None else None
-        self._transition(record, state, now, record.error or "")
+        future = self._writes.add(ledger.finish(record, state, now, value=value, error=error))
+        for observe in self.state_observers:
+            observe(record)
         self.finished[state.value] += 1
         log.info(
             "command %s %s for %s: %s%s",
@@ -493,7 +430,6 @@ class CommandService:
             state,
             f" ({record.error})" if record.error else "",
         )
-        future = self._schedule_flush()
 
         def stored(_: asyncio.Future[None]) -> None:
             self._open.pop(record.id, None)
@@ -501,182 +437,15 @@ class CommandService:
 
         future.add_done_callback(stored)
 
-    def _change(self, kind: str, row: tuple[Any, ...]) -> None:
-        self._changes.append((kind, row))
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> asyncio.Future[None]:
-        """The future of the write that will carry the changes made so far in this loop turn."""
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().create_future()
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-        return self._flush
-
-    def _start_flush(self) -> None:
-        self._flush_scheduled = False
-        future, self._flush = self._flush, None
-        changes, self._changes = self._changes, []
-        if future is None:
-            return
-        try:
-            written = self._committer.call(lambda conn: _write_changes(conn, changes))
-        except RuntimeError as exc:  # the committer has stopped: nothing more can be stored
-            log.error("command changes not stored: %s", exc)
-            future.set_result(None)
-            return
-
-        def relay(done: asyncio.Future[None]) -> None:
-            if future.done():
-                return
-            if done.cancelled():
-                future.cancel()
-            elif done.exception() is not None:
-                log.error("writing %d command changes failed: %s", len(changes), done.exception())
-                future.set_result(None)  # the state stays in memory; do not hang waiters
-            else:
-                future.set_result(None)
-
-        written.add_done_callback(relay)
-
-    async def _flush_now(self) -> None:
-        await asyncio.shield(self._schedule_flush())
-
-
-# -- store access (writer thread for writes; any connection for reads) ---------------------
-
-
-def _insert_row(record: CommandRecord) -> tuple[Any, ...]:
-    return (
-        record.id,
-        record.device_id,
-        record.name,
-        msgspec.json.encode(record.args).decode(),
-        record.state,
-        record.sender,
-        record.created_ms,
-        record.deadline_ms,
-        record.expires_ms,
-        record.updated_ms,
-        record.timeout_ms,
-        f"by {record.sender}",
-    )
-
-
-def _write_changes(conn: sqlite3.Connection, changes: list[tuple[str, tuple[Any, ...]]]) -> None:
-    conn.execute("BEGIN")
-    try:
-        for kind, row in changes:
-            if kind == "insert":
-                conn.execute(
-                    "INSERT INTO commands (id, device_id, name, args, state, sender, created_ms, deadline_ms, "
-                    "expires_ms, updated_ms, timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row[:11],
-                )
-                conn.execute(
-                    "INSERT INTO command_states (command_id, state, ts_ms, detail) VALUES (?, ?, ?, ?)",
-                    (row[0], row[4], row[6], row[11]),
-                )
-            else:
-                command_id, state, ts, detail, deadline, result = row
-                conn.execute(
-                    "UPDATE commands SET state = ?, updated_ms = ?, deadline_ms = ?, "
-                    "result = coalesce(?, result) WHERE id = ?",
-                    (state, ts, deadline, result, command_id),
-                )
-                conn.execute(
-                    "INSERT INTO command_states (command_id, state, ts_ms, detail) VALUES (?, ?, ?, ?)",
-                    (command_id, state, ts, detail),
-                )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-_SELECT = (
-    "SELECT c.id, c.device_id, coalesce(d.name, ''), c.name, c.args, c.state, c.sender, c.created_ms, "
-    "c.expires_ms, c.timeout_ms, c.deadline_ms, c.updated_ms, c.result "
-    "FROM commands c LEFT JOIN devices d ON d.id = c.device_id"
-)
-
-
-def _row_record(row: tuple[Any, ...]) -> CommandRecord:
-    result = msgspec.json.decode(row[12]) if row[12] else {}
-    return CommandRecord(
-        id=row[0],
-        device_id=row[1],
-        device=row[2],
-        name=row[3],
-        args=msgspec.json.decode(row[4]),
-        state=row[5],
-        sender=row[6],
-        created_ms=row[7],
-        expires_ms=row[8],
-        timeout_ms=row[9],
-        deadline_ms=row[10],
-        updated_ms=row[11],
-        value=result.get("value"),
-        error=result.get("error"),
-    )
-
-
-def _with_history(conn: sqlite3.Connection, records: list[CommandRecord]) -> list[CommandRecord]:
-    for record in records:
-        record.history = [
-            StateChange(state, ts, detail)
-            for state, ts, detail in conn.execute(
-                "SELECT state, ts_ms, detail FROM command_states WHERE command_id = ? ORDER BY id",
-                (record.id,),
-            )
-        ]
-    return records
-
-
-def _load_open(conn: sqlite3.Connection) -> list[CommandRecord]:
-    rows = conn.execute(
-        f"{_SELECT} WHERE c.state IN ('queued', 'sent') ORDER BY c.created_ms, c.id"
-    ).fetchall()
-    return _with_history(conn, [_row_record(row) for row in rows])
-
-
-def load_command(conn: sqlite3.Connection, command_id: str) -> CommandRecord | None:
-    """One command from the log, with its state history; None if unknown."""
-    row = conn.execute(f"{_SELECT} WHERE c.id = ?", (command_id,)).fetchone()
-    return None if row is None else _with_history(conn, [_row_record(row)])[0]
-
-
-def list_commands(
-    conn: sqlite3.Connection, device_id: int, *, limit: int = 50, state: str | None = None
-) -> list[CommandRecord]:
-    """A device's most recent commands, newest first, with their state histories."""
-    where = "WHERE c.device_id = ?" + (" AND c.state = ?" if state else "")
-    params: tuple[Any, ...] = (device_id, state, limit) if state else (device_id, limit)
-    rows = conn.execute(f"{_SELECT} {where} ORDER BY c.created_ms DESC, c.id DESC LIMIT ?", params).fetchall()
-    return _with_history(conn, [_row_record(row) for row in rows])
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_STRING_LENGTH else text[: MAX_STRING_LENGTH - 1] + "…"
-
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_TTL_S",
-    "FINAL_STATES",
     "MAX_ARGS_BYTES",
     "MAX_TIMEOUT_S",
     "MAX_TTL_S",
-    "TRANSITIONS",
     "CommandError",
-    "CommandRecord",
     "CommandService",
-    "CommandState",
-    "StateChange",
+    "CommandSession",
     "UnknownCommand",
-    "list_commands",
-    "load_command",
-    "new_command_id",
 ]

@@ -6,8 +6,9 @@ Publishers call the hub on the event loop, and never wait:
   transaction committed (``Feed.committed``), so a subscriber never sees a
   reading that could still be lost;
 * device metadata (hello, status frames) arrives through
-  ``Feed.device_meta``, presence through :class:`PresenceRelay` (the device
-  server's session hooks), command state changes through ``Feed.command``.
+  ``Feed.device_meta``, presence through ``Feed.presence`` (a presence
+  observer of the device plane, registered in gateway/app.py), command state
+  changes through ``Feed.command``.
 
 Every message gets an ``id``, consecutive within one gateway run (``epoch``).
 Subscribers (``Feed.subscribe``) receive the messages that match their filter
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
+from iotgw_common.clock import now_ms
 from iotgw_common.protocol.messages import Event, Readings
 
 if TYPE_CHECKING:
-    from gateway.device.server import CommandHooks, DeviceSession
-    from gateway.operator.commands import CommandRecord
-    from iotgw_common.protocol import Hello, Result
+    from gateway.store.ledger import CommandRecord
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ class Feed:
 
     def committed(self, frames: Iterable[DurableFrame]) -> None:
         """Frames whose transaction committed, in commit order (the group committer calls this)."""
-        at = time.time_ns() // 1_000_000
+        at = now_ms()
         for frame in frames:
             message = frame.message
             self._publish("readings" if type(message) is Readings else "event", frame.device_id, at, message)
@@ -185,7 +184,7 @@ class Feed:
         """Device metadata changed (hello: agent, sensors, commands…; status: buffered, dropped, info)."""
         shown = {k: v for k, v in fields.items() if k in _DEVICE_FIELDS}
         if shown:
-            self._publish("device", device_id, time.time_ns() // 1_000_000, shown)
+            self._publish("device", device_id, now_ms(), shown)
 
     def presence(self, device_id: int, name: str, online: bool, peer: str | None = None) -> None:
         """A device's session became ready (after welcome) or ended."""
@@ -193,12 +192,12 @@ class Feed:
         fields: dict[str, Any] = {"online": online}
         if online:
             fields["peer"] = peer
-        self._publish("device", device_id, time.time_ns() // 1_000_000, fields)
+        self._publish("device", device_id, now_ms(), fields)
 
     def command(self, device_id: int, name: str, fields: dict[str, Any]) -> None:
         """A command changed state; ``fields`` is the command as the API shows it."""
         self._names.setdefault(device_id, name)
-        self._publish("command", device_id, time.time_ns() // 1_000_000, {"command": fields})
+        self._publish("command", device_id, now_ms(), {"command": fields})
 
     def command_changed(self, record: CommandRecord) -> None:
         """The command service's state observer: publish a snapshot of the record."""
@@ -310,35 +309,6 @@ class Feed:
 _DEVICE_FIELDS = frozenset({"agent", "sensors", "commands", "info", "buffered", "dropped", "last_seen_ms"})
 
 
-class PresenceRelay:
-    """The device server's session hooks: tells the feed who is online, then passes each call on.
-
-    ``inner`` is the command service (or None). Install with
-    ``devices.command_hooks = PresenceRelay(feed, commands)``.
-    """
-
-    def __init__(self, feed: Feed, inner: CommandHooks | None) -> None:
-        self.feed = feed
-        self.inner = inner
-
-    def session_ready(self, session: DeviceSession, hello: Hello) -> None:
-        if self.inner is not None:
-            self.inner.session_ready(session, hello)
-        self.feed.presence(session.record.id, session.record.name, True, session.peer)
-
-    def result_received(self, session: DeviceSession, result: Result) -> None:
-        if self.inner is not None:
-            self.inner.result_received(session, result)
-
-    def session_closed(self, session: DeviceSession) -> None:
-        if self.inner is not None:
-            self.inner.session_closed(session)
-        record = session.record
-        # A connection replaced by a newer one closes while the newer one holds the device.
-        if session.state is not None and session.server.sessions.get(record.id) is session:
-            self.feed.presence(record.id, record.name, False)
-
-
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "DEFAULT_REPLAY_SAMPLES",
@@ -346,7 +316,6 @@ __all__ = [
     "DurableFrame",
     "Feed",
     "FeedFilter",
-    "PresenceRelay",
     "SubscriberTooSlow",
     "Subscription",
     "SubscriptionClosed",

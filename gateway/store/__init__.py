@@ -8,7 +8,8 @@ module             what it owns
 ``writer``         the group-commit writer thread: the running gateway's only writer
 ``registry``       ``devices``: tokens (hashed), labels, metadata, stream position
 ``operators``      ``operators``: operator tokens (hashed) and roles
-``readings``       ``readings`` and ``events``: history reads, retention deletes
+``readings``       ``readings`` and ``events``: inserts, history reads, deletes
+``retention``      the hourly retention task (old rows, never past a sink's cursor)
 ``ledger``         ``commands`` and ``command_states``: the command ledger
 ``delivery``       ``cursors``, ``forwarder_state``, ``dead_letters``: sink progress
 =================  ====================================================================

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 from gateway.tokens import hash_token, new_token
+from iotgw_common.clock import now_ms
 
 OPERATOR_PREFIX = "iotgw_o_"
 Role = Literal["read", "control"]
@@ -66,7 +66,7 @@ def add_operator(conn: sqlite3.Connection, name: str, role: str) -> str:
     try:
         conn.execute(
             "INSERT INTO operators (name, token_hash, role, created_ms) VALUES (?, ?, ?, ?)",
-            (name, hash_token(token), role, int(time.time() * 1000)),
+            (name, hash_token(token), role, now_ms()),
         )
     except sqlite3.IntegrityError:
         raise OperatorError(f"an operator named {name!r} already exists") from None

@@ -1,4 +1,11 @@
-"""Reads for operators: latest values, history per metric, downsampling, events.
+"""The ``readings`` and ``events`` tables: every statement that touches them.
+
+Writes: the group-commit writer (``gateway.store.writer``) calls
+:func:`insert_readings_json`, :func:`insert_readings` and :func:`insert_events`
+inside its transaction; retention (``gateway.store.retention``) calls
+:func:`delete_before`; ``registry.remove_device(purge=True)`` calls
+:func:`delete_device`. Reads for operators: latest values, history per metric,
+downsampling, events, counts.
 
 ``readings.data`` holds one JSON object per sample (metric -> value), so a
 metric's history is SQLite's ``json_extract`` over the ``(device_id, ts)``
@@ -6,7 +13,7 @@ index: one range scan, no per-metric table. Ranges are half-open,
 ``start <= ts < end``, ordered by ``(ts, id)`` — insertion order among equal
 timestamps — so adjacent ranges never share or miss a sample.
 
-The functions take a connection and block; the API runs them through
+The read functions take a connection and block; the API runs them through
 :class:`ReadPool`, whose connections are used from worker threads
 (``asyncio.to_thread``), never by the writer thread or the event loop.
 """
@@ -22,12 +29,134 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway import store
+import msgspec
+
+from gateway.store.schema import connect
+from iotgw_common.protocol.messages import Sample
 
 T = TypeVar("T")
 
 LATEST_SCAN_ROWS = 10_000
 """``latest`` looks at a device's newest samples up to this many to find each metric."""
+
+
+# -- writes (the group-commit writer's transaction) -----------------------------------
+
+ReadingRow = tuple[int, int, int, str]
+"""``(device_id, ts, seq, data)``: one sample; ``data`` is ``msgspec.json.encode(sample.values)`` as text."""
+ReadingFrame = tuple[int, int, list[Sample]]
+"""``(device_id, seq, samples)``: one ``readings`` frame, for :func:`insert_readings_json`."""
+EventInsert = tuple[int, int, int, str, str]
+"""``(device_id, ts, seq, name, data)``: one event; ``data`` is ``msgspec.json.encode(event.data)`` as text."""
+
+_INSERT_READINGS = "INSERT INTO readings (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
+_INSERT_EVENTS = "INSERT INTO events (device_id, ts, seq, name, data) VALUES (?, ?, ?, ?, ?)"
+# The batch as one JSON parameter, [[device_id, seq, [{"ts": ..., "values": {...}}, ...]], ...],
+# unpacked frame by frame and sample by sample in order; json_extract returns an object as its
+# minified JSON text, which is exactly msgspec's encoding of sample.values (bulk_insert_works checks).
+_INSERT_READINGS_JSON = (
+    "INSERT INTO readings (device_id, ts, seq, data) "
+    "SELECT json_extract(f.value, '$[0]'), json_extract(s.value, '$.ts'), json_extract(f.value, '$[1]'), "
+    "json_extract(s.value, '$.values') FROM json_each(?) AS f, json_each(f.value, '$[2]') AS s"
+)
+_batch_encoder = msgspec.json.Encoder()
+
+
+def insert_readings_json(conn: sqlite3.Connection, frames: list[ReadingFrame]) -> None:
+    """Insert every sample of ``frames``, in order, with one statement.
+
+    SQLite unpacks the rows in C with the GIL released, instead of a Python-bound
+    ``executemany`` step per sample. Use only where :func:`bulk_insert_works` said yes; the
+    caller holds the transaction.
+    """
+    conn.execute(_INSERT_READINGS_JSON, (_batch_encoder.encode(frames),))
+
+
+def insert_readings(conn: sqlite3.Connection, rows: list[ReadingRow]) -> None:
+    """Insert samples one row each (the fallback where the JSON statement is unavailable)."""
+    conn.executemany(_INSERT_READINGS, rows)
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[EventInsert]) -> None:
+    """Insert events in order; the caller holds the transaction."""
+    conn.executemany(_INSERT_EVENTS, rows)
+
+
+def bulk_insert_works() -> bool:
+    """Whether this SQLite stores a batch through :func:`insert_readings_json` exactly as
+    :func:`insert_readings` does.
+
+    Needs the JSON functions (built in since SQLite 3.38, in Debian's builds long before); the
+    probe compares the stored text byte for byte, so a SQLite that renders JSON differently
+    falls back to ``executemany`` instead of changing what is stored.
+    """
+    values: dict[str, bool | float | str] = {
+        "a": 21.5, "b.c": -0.0, "d": 1e16, "e": 5e-324, "f": True, "g": "é\"\\\n\u2028😀\x01", "h": "",
+    }  # fmt: skip
+    frames: list[ReadingFrame] = [
+        (7, 3, [Sample(ts=1_764_000_000_000, values=values), Sample(ts=1_764_000_000_001, values={"x": 1.0})])
+    ]
+    expected = [
+        (7, s.ts, 3, msgspec.json.encode(s.values).decode()) for _, _, samples in frames for s in samples
+    ]
+    try:
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, device_id, ts, seq, data)")
+            insert_readings_json(conn, frames)
+            rows = conn.execute("SELECT device_id, ts, seq, data FROM readings ORDER BY id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return rows == expected
+
+
+# -- deletes ------------------------------------------------------------------------------
+
+NO_LIMIT = 2**63 - 1
+"""The largest row id: ``max_id`` for :func:`delete_before` when no cursor holds rows back."""
+
+
+def device_ids(conn: sqlite3.Connection) -> list[int]:
+    """The ids of the devices that have readings stored."""
+    return [row[0] for row in conn.execute("SELECT DISTINCT device_id FROM readings")]
+
+
+def delete_before(
+    conn: sqlite3.Connection, device_id: int, cutoff_ms: int, *, max_reading_id: int, max_event_id: int
+) -> int:
+    """Delete the device's readings and events stamped before ``cutoff_ms`` whose id is at most
+    ``max_reading_id`` / ``max_event_id``; returns the readings deleted.
+
+    Two range scans on the ``(device_id, ts)`` indexes. The caller holds the transaction.
+    """
+    deleted: int = conn.execute(
+        "DELETE FROM readings WHERE device_id = ? AND ts < ? AND id <= ?",
+        (device_id, cutoff_ms, max_reading_id),
+    ).rowcount
+    conn.execute(
+        "DELETE FROM events WHERE device_id = ? AND ts < ? AND id <= ?", (device_id, cutoff_ms, max_event_id)
+    )
+    return deleted
+
+
+def delete_device(conn: sqlite3.Connection, device_id: int) -> int:
+    """Delete every reading and event of a device; returns the readings deleted.
+
+    The caller holds the transaction (``registry.remove_device`` with ``purge``).
+    """
+    deleted: int = conn.execute("DELETE FROM readings WHERE device_id = ?", (device_id,)).rowcount
+    conn.execute("DELETE FROM events WHERE device_id = ?", (device_id,))
+    return deleted
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
+def reading_counts(conn: sqlite3.Connection) -> dict[int, int]:
+    """Readings stored per device id."""
+    return dict(conn.execute("SELECT device_id, count(*) FROM readings GROUP BY device_id").fetchall())
 
 
 class ReadPool:
@@ -38,7 +167,7 @@ class ReadPool:
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = []
         for _ in range(size):
-            conn = store.connect(self.path, create=False)
+            conn = connect(self.path, create=False)
             conn.execute("PRAGMA query_only=ON")
             self._all.append(conn)
             self._idle.put(conn)
@@ -58,6 +187,27 @@ class ReadPool:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._all.clear()
+
+
+def totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Readings and events stored, in all (``iotgw status``)."""
+    (readings,) = conn.execute("SELECT count(*) FROM readings").fetchone()
+    (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(readings), int(events)
+
+
+def newest_sample(conn: sqlite3.Connection, device_id: int) -> str | None:
+    """The JSON text of the device's newest stored sample, or None (the demo's summary line)."""
+    row = conn.execute(
+        "SELECT data FROM readings WHERE device_id = ? ORDER BY id DESC LIMIT 1", (device_id,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def event_count(conn: sqlite3.Connection, device_id: int) -> int:
+    """Events stored for one device."""
+    (count,) = conn.execute("SELECT count(*) FROM events WHERE device_id = ?", (device_id,)).fetchone()
+    return int(count)
 
 
 def _path(metric: str) -> str:
@@ -178,13 +328,25 @@ def store_bytes(path: Path) -> int:
 
 __all__ = [
     "LATEST_SCAN_ROWS",
+    "NO_LIMIT",
     "Bucket",
+    "EventInsert",
     "EventRow",
     "Point",
     "ReadPool",
+    "ReadingFrame",
+    "ReadingRow",
+    "bulk_insert_works",
+    "delete_before",
+    "delete_device",
+    "device_ids",
     "downsample",
     "events",
     "history",
+    "insert_events",
+    "insert_readings",
+    "insert_readings_json",
     "latest",
+    "reading_counts",
     "store_bytes",
 ]

@@ -1,21 +1,25 @@
-"""The device registry: devices, their hashed tokens, labels and metadata.
+"""The device registry: the ``devices`` table (hashed tokens, labels, metadata, stream position).
 
-Plain functions over a store connection (``store.connect``); the CLI calls them
-directly, the running gateway calls the read functions from its event loop
-(each is one indexed query) and routes writes through the group committer.
+Every statement on ``devices`` lives here. Plain functions over a store connection
+(``store.connect``); the CLI calls them directly, the running gateway calls the read
+functions from its event loop (each is one indexed query) and routes writes through the
+group committer, whose transaction calls :func:`record_stream_positions` and
+:func:`update_metadata`.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from gateway.store import ledger, readings
+from gateway.store.db import transaction
 from gateway.tokens import hash_token, new_token
+from iotgw_common.clock import now_ms
 from iotgw_common.protocol.messages import DEVICE_NAME_PATTERN
 
 _NAME = re.compile(DEVICE_NAME_PATTERN)
@@ -79,7 +83,7 @@ def add_device(conn: sqlite3.Connection, name: str, labels: dict[str, str] | Non
     try:
         conn.execute(
             "INSERT INTO devices (name, token_hash, created_ms, labels) VALUES (?, ?, ?, ?)",
-            (name, hash_token(token), int(time.time() * 1000), msgspec.json.encode(labels or {}).decode()),
+            (name, hash_token(token), now_ms(), msgspec.json.encode(labels or {}).decode()),
         )
     except sqlite3.IntegrityError:
         raise RegistryError(f"a device named {name!r} already exists") from None
@@ -90,18 +94,16 @@ def add_devices(conn: sqlite3.Connection, names: list[str]) -> dict[str, str]:
     """Register many devices in one transaction (bulk provisioning); name -> token."""
     for name in names:
         _check_name(name)
-    now = int(time.time() * 1000)
+    now = now_ms()
     tokens = {name: new_token() for name in names}
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(
-            "INSERT INTO devices (name, token_hash, created_ms) VALUES (?, ?, ?)",
-            [(name, hash_token(token), now) for name, token in tokens.items()],
-        )
+        with transaction(conn, immediate=True):
+            conn.executemany(
+                "INSERT INTO devices (name, token_hash, created_ms) VALUES (?, ?, ?)",
+                [(name, hash_token(token), now) for name, token in tokens.items()],
+            )
     except sqlite3.IntegrityError as exc:
-        conn.execute("ROLLBACK")
         raise RegistryError(f"a device name is taken: {exc}") from None
-    conn.execute("COMMIT")
     return tokens
 
 
@@ -123,17 +125,11 @@ def remove_device(conn: sqlite3.Connection, name: str, *, purge: bool = False) -
     if record is None:
         raise RegistryError(f"no device named {name!r}")
     deleted = 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn, immediate=True):
         conn.execute("DELETE FROM devices WHERE id = ?", (record.id,))
         if purge:
-            deleted = conn.execute("DELETE FROM readings WHERE device_id = ?", (record.id,)).rowcount
-            conn.execute("DELETE FROM events WHERE device_id = ?", (record.id,))
-            conn.execute("DELETE FROM commands WHERE device_id = ?", (record.id,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+            deleted = readings.delete_device(conn, record.id)
+            ledger.delete_device_commands(conn, record.id)
     return deleted
 
 
@@ -159,9 +155,92 @@ def list_devices(conn: sqlite3.Connection) -> list[DeviceRecord]:
     return [_record(row) for row in conn.execute(f"SELECT {_COLUMNS} FROM devices ORDER BY name")]
 
 
-def reading_counts(conn: sqlite3.Connection) -> dict[int, int]:
-    """Readings stored per device id."""
-    return dict(conn.execute("SELECT device_id, count(*) FROM readings GROUP BY device_id").fetchall())
+def count_devices(conn: sqlite3.Connection) -> int:
+    """How many devices are registered."""
+    (count,) = conn.execute("SELECT count(*) FROM devices").fetchone()
+    return int(count)
+
+
+def stored_labels(conn: sqlite3.Connection, device_id: int) -> dict[str, str] | None:
+    """The labels the store holds for a device now, or None if it is gone (read-modify-write)."""
+    row = conn.execute("SELECT labels FROM devices WHERE id = ?", (device_id,)).fetchone()
+    return None if row is None else dict(msgspec.json.decode(row[0]))
+
+
+def set_labels(conn: sqlite3.Connection, device_id: int, labels: dict[str, str]) -> None:
+    """Replace a device's labels; the caller checked them (they become InfluxDB tags)."""
+    conn.execute(
+        "UPDATE devices SET labels = ? WHERE id = ?", (msgspec.json.encode(labels).decode(), device_id)
+    )
+
+
+# -- writes made by the group-commit writer, inside its transaction ---------------------
+
+META_COLUMNS = frozenset(
+    {"agent", "sensors", "commands", "info", "buffered", "dropped", "last_seen_ms", "labels"}
+)
+"""The columns :func:`update_metadata` may set (what a ``hello`` and a session report)."""
+
+_UPDATE_STREAMS = "UPDATE devices SET stream = ?, last_seq = ?, last_seen_ms = ? WHERE id = ?"
+_UPDATE_STREAMS_JSON = (  # UPDATE ... FROM: SQLite 3.33
+    "UPDATE devices SET stream = json_extract(j.value, '$[1]'), last_seq = json_extract(j.value, '$[2]'), "
+    "last_seen_ms = ? FROM json_each(?) AS j WHERE devices.id = json_extract(j.value, '$[0]')"
+)
+_batch_encoder = msgspec.json.Encoder()
+
+
+def record_stream_positions(
+    conn: sqlite3.Connection, positions: dict[int, tuple[str, int]], seen_ms: int, *, bulk: bool
+) -> None:
+    """Store each device's stream and last committed seq (device id -> (stream, seq)) and
+    stamp it seen at ``seen_ms``.
+
+    With ``bulk`` (only where :func:`bulk_update_works` said yes) it is one statement, not one
+    ``executemany`` step per device: each step releases and re-takes the GIL, and while the
+    event loop is busy every re-take waits for it. The caller holds the transaction.
+    """
+    if bulk:
+        encoded = _batch_encoder.encode([(d, stream, seq) for d, (stream, seq) in positions.items()])
+        conn.execute(_UPDATE_STREAMS_JSON, (seen_ms, encoded))
+    else:
+        conn.executemany(
+            _UPDATE_STREAMS,
+            [(stream, seq, seen_ms, device_id) for device_id, (stream, seq) in positions.items()],
+        )
+
+
+def update_metadata(conn: sqlite3.Connection, device_id: int, fields: dict[str, Any]) -> None:
+    """Set metadata columns of a device; dicts and lists are stored as JSON text.
+
+    The caller checked ``fields`` against :data:`META_COLUMNS` (the names become SQL).
+    """
+    assignments = ", ".join(f"{column} = ?" for column in fields)
+    values = [_column_value(value) for value in fields.values()]
+    conn.execute(f"UPDATE devices SET {assignments} WHERE id = ?", [*values, device_id])
+
+
+def bulk_update_works() -> bool:
+    """Whether this SQLite runs the one-statement form of :func:`record_stream_positions`
+    (needs the JSON functions and UPDATE ... FROM, SQLite 3.33) and stores what
+    ``executemany`` would."""
+    try:
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.execute("CREATE TABLE devices (id INTEGER PRIMARY KEY, stream, last_seq, last_seen_ms)")
+            conn.execute("INSERT INTO devices (id, stream, last_seq) VALUES (7, '', 0), (8, 'x', 5)")
+            record_stream_positions(conn, {7: ("s-1", 3)}, 99, bulk=True)
+            devices = conn.execute("SELECT * FROM devices ORDER BY id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return devices == [(7, "s-1", 3, 99), (8, "x", 5, None)]
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return msgspec.json.encode(value).decode()
+    return value
 
 
 def _check_name(name: str) -> None:

@@ -2,7 +2,7 @@
 
 It holds the device registry (hashed tokens and metadata), every reading and
 event, the forwarding cursors and the command log. One writer thread (see
-``ingest.GroupCommitter``) owns all writes made by a running gateway; the CLI
+``writer.GroupCommitter``) owns all writes made by a running gateway; the CLI
 may write the registry from another process (WAL plus a busy timeout makes
 that safe). Readers open their own connections.
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+
+from gateway.store.db import transaction
 
 SCHEMA_VERSION = 3
 
@@ -135,7 +137,7 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX dead_letters_state ON dead_letters (forwarder, state);
     """,
     # 3: operator tokens (gateway/store/operators.py) and the command log's state history
-    # (gateway/operator/commands.py). timeout_ms: how long a sent command may take to answer.
+    # (gateway/store/ledger.py). timeout_ms: how long a sent command may take to answer.
     """
     CREATE TABLE operators (
         id          INTEGER PRIMARY KEY,
@@ -165,7 +167,8 @@ def connect(path: str | Path, *, synchronous: str = "FULL", create: bool = True)
     The caller owns the connection (close it). ``synchronous=FULL`` makes every
     commit durable through power loss; NORMAL in WAL mode keeps the database
     consistent but may lose the last commits on power loss (docs/operations.md).
-    Autocommit is off only inside explicit ``BEGIN`` blocks (isolation_level None).
+    Autocommit is off only inside explicit ``BEGIN`` blocks (isolation_level None): make
+    several statements atomic with ``gateway.store.db.transaction``.
     """
     path = Path(path)
     if not create and not path.exists():
@@ -194,13 +197,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
             f"the store has schema {version}, newer than this gateway's {SCHEMA_VERSION}: upgrade iotgw"
         )
     for number in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn, immediate=True):
             for statement in _MIGRATIONS[number - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema number the store is at (``PRAGMA user_version``)."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)

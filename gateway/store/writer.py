@@ -8,6 +8,10 @@ gathers, so batches grow with load and a durable ack costs a fraction of an
 fsync. ``wait_for_room`` bounds the queue: a session awaits it before reading
 its next frame, which pushes back on the device's TCP connection instead of
 growing memory.
+
+The writer owns batching, the thread, the transaction and the callbacks, not SQL: the
+rows go through ``readings`` (readings and events) and ``registry`` (stream positions
+and metadata), called with the writer's connection inside its transaction.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from iotgw_common.protocol.messages import Event, Readings, Sample
+from gateway.store import readings, registry
+from gateway.store.db import transaction
+from iotgw_common.clock import now_ms
+from iotgw_common.protocol.messages import Event, Readings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,9 +80,6 @@ class _Call:
 
 
 _Item = _Frame | _Meta | _Reset | _Call
-_META_COLUMNS = frozenset(
-    {"agent", "sensors", "commands", "info", "buffered", "dropped", "last_seen_ms", "labels"}
-)
 
 
 class GroupCommitter:
@@ -103,7 +107,8 @@ class GroupCommitter:
         self._room = asyncio.Event()
         self._room.set()
         self._failed_devices: set[int] = set()  # writer thread only
-        self._bulk_readings = bulk_insert_works()
+        self._bulk = readings.bulk_insert_works() and registry.bulk_update_works()
+        """Write a batch with one JSON statement per table instead of executemany (same rows)."""
         self.pending_samples = 0
         self.commits = 0
         self.committed_samples = 0
@@ -139,7 +144,7 @@ class GroupCommitter:
 
     def submit_meta(self, device_id: int, **fields: Any) -> None:
         """Queue an update of device metadata columns (agent, sensors, info, …)."""
-        unknown = set(fields) - _META_COLUMNS
+        unknown = set(fields) - registry.META_COLUMNS
         if unknown:
             raise ValueError(f"not device metadata: {sorted(unknown)}")
         self._put(_Meta(device_id, fields))
@@ -253,10 +258,10 @@ class GroupCommitter:
 
     def _write(self, batch: list[_Item], frames: list[_Frame]) -> None:
         encode = msgspec.json.encode
-        bulk = self._bulk_readings
-        readings: list[tuple[int, int, int, str]] = []
-        readings_bulk: list[tuple[int, int, list[Sample]]] = []
-        events: list[tuple[int, int, int, str, str]] = []
+        bulk = self._bulk
+        reading_rows: list[readings.ReadingRow] = []
+        reading_frames: list[readings.ReadingFrame] = []
+        events: list[readings.EventInsert] = []
         streams: dict[int, tuple[str, int]] = {}
         for frame in frames:
             message = frame.message
@@ -264,9 +269,9 @@ class GroupCommitter:
             if type(message) is Readings:
                 seq = message.seq
                 if bulk:
-                    readings_bulk.append((device_id, seq, message.samples))
+                    reading_frames.append((device_id, seq, message.samples))
                 else:
-                    readings.extend(
+                    reading_rows.extend(
                         (device_id, sample.ts, seq, encode(sample.values).decode())
                         for sample in message.samples
                     )
@@ -279,44 +284,18 @@ class GroupCommitter:
         metas = [item for item in batch if type(item) is _Meta]
         if not frames and not metas:
             return
-        now_ms = int(time.time() * 1000)
         conn = self._conn
-        conn.execute("BEGIN")
-        try:
-            if readings_bulk:
-                # one statement for the whole batch: SQLite unpacks the rows in C with the GIL
-                # released, instead of a Python-bound executemany step per sample
-                conn.execute(_INSERT_READINGS_JSON, (_batch_encoder.encode(readings_bulk),))
-            if readings:
-                conn.executemany(_INSERT_READINGS, readings)
+        with transaction(conn):
+            if reading_frames:
+                readings.insert_readings_json(conn, reading_frames)
+            if reading_rows:
+                readings.insert_readings(conn, reading_rows)
             if events:
-                conn.executemany(
-                    "INSERT INTO events (device_id, ts, seq, name, data) VALUES (?, ?, ?, ?, ?)", events
-                )
-            if streams and bulk:
-                # one statement, not one executemany step per device: each step releases and
-                # re-takes the GIL, and while the event loop is busy every re-take waits for it
-                conn.execute(
-                    _UPDATE_STREAMS_JSON,
-                    (
-                        now_ms,
-                        _batch_encoder.encode([(d, stream, seq) for d, (stream, seq) in streams.items()]),
-                    ),
-                )
-            elif streams:
-                conn.executemany(
-                    "UPDATE devices SET stream = ?, last_seq = ?, last_seen_ms = ? WHERE id = ?",
-                    [(stream, seq, now_ms, device_id) for device_id, (stream, seq) in streams.items()],
-                )
+                readings.insert_events(conn, events)
+            if streams:
+                registry.record_stream_positions(conn, streams, now_ms(), bulk=bulk)
             for meta in metas:
-                assignments = ", ".join(f"{column} = ?" for column in meta.fields)
-                values = [_column_value(value) for value in meta.fields.values()]
-                conn.execute(f"UPDATE devices SET {assignments} WHERE id = ?", [*values, meta.device_id])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                registry.update_metadata(conn, meta.device_id, meta.fields)
 
     def _run_call(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         try:
@@ -325,61 +304,6 @@ class GroupCommitter:
             _call_soon(loop, _settle, call.future, None, exc)
         else:
             _call_soon(loop, _settle, call.future, result, None)
-
-
-_INSERT_READINGS = "INSERT INTO readings (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
-# The batch as one JSON parameter, [[device_id, seq, [{"ts": ..., "values": {...}}, ...]], ...],
-# unpacked frame by frame and sample by sample in order; json_extract returns an object as its
-# minified JSON text, which is exactly msgspec's encoding of sample.values (bulk_insert_works checks).
-_INSERT_READINGS_JSON = (
-    "INSERT INTO readings (device_id, ts, seq, data) "
-    "SELECT json_extract(f.value, '$[0]'), json_extract(s.value, '$.ts'), json_extract(f.value, '$[1]'), "
-    "json_extract(s.value, '$.values') FROM json_each(?) AS f, json_each(f.value, '$[2]') AS s"
-)
-_UPDATE_STREAMS_JSON = (  # UPDATE ... FROM: SQLite 3.33
-    "UPDATE devices SET stream = json_extract(j.value, '$[1]'), last_seq = json_extract(j.value, '$[2]'), "
-    "last_seen_ms = ? FROM json_each(?) AS j WHERE devices.id = json_extract(j.value, '$[0]')"
-)
-_batch_encoder = msgspec.json.Encoder()
-
-
-def bulk_insert_works() -> bool:
-    """Whether this SQLite writes a batch through the JSON statements exactly as executemany does.
-
-    Needs the JSON functions (built in since SQLite 3.38, in Debian's builds long before) and
-    UPDATE ... FROM (3.33); the probe also compares the stored text byte for byte, so a SQLite
-    that renders JSON differently falls back to executemany instead of changing what is stored.
-    """
-    values: dict[str, bool | float | str] = {
-        "a": 21.5, "b.c": -0.0, "d": 1e16, "e": 5e-324, "f": True, "g": "é\"\\\n\u2028😀\x01", "h": "",
-    }  # fmt: skip
-    frames = [
-        (7, 3, [Sample(ts=1_764_000_000_000, values=values), Sample(ts=1_764_000_000_001, values={"x": 1.0})])
-    ]
-    expected = [
-        (7, s.ts, 3, msgspec.json.encode(s.values).decode()) for _, _, samples in frames for s in samples
-    ]
-    try:
-        conn = sqlite3.connect(":memory:")
-        try:
-            conn.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, device_id, ts, seq, data)")
-            conn.execute(_INSERT_READINGS_JSON, (_batch_encoder.encode(frames),))
-            rows = conn.execute("SELECT device_id, ts, seq, data FROM readings ORDER BY id").fetchall()
-            conn.execute("CREATE TABLE devices (id INTEGER PRIMARY KEY, stream, last_seq, last_seen_ms)")
-            conn.execute("INSERT INTO devices (id, stream, last_seq) VALUES (7, '', 0), (8, 'x', 5)")
-            conn.execute(_UPDATE_STREAMS_JSON, (99, _batch_encoder.encode([(7, "s-1", 3)])))
-            devices = conn.execute("SELECT * FROM devices ORDER BY id").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return rows == expected and devices == [(7, "s-1", 3, 99), (8, "x", 5, None)]
-
-
-def _column_value(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return msgspec.json.encode(value).decode()
-    return value
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -1,7 +1,13 @@
 """Install the gateway or the agent as a hardened systemd service, and remove it again.
 
-``iotgw install`` and ``iotgw-agent install`` (``device_agent/install.py``) share this
-module. One code path serves real runs, ``--dry-run`` and ``--root DIR``:
+Shared: ``iotgw install`` and ``iotgw-agent install`` both run this package. What each side
+alone knows, its config file and the options that fill it, stays with that side and is
+passed in through :func:`add_commands` (``configure`` adds the options, ``config_text``
+returns the file to write): the gateway's part lives in ``gateway/cli/install.py``, the
+agent's in ``device_agent/install.py``. This package imports neither of them, and only the
+standard library, so the agent's lean install (``iotgw[agent]``) carries it.
+
+One code path serves real runs, ``--dry-run`` and ``--root DIR``:
 
 1. :func:`gather_facts` reads what is there: accounts and groups, whether the unit is
    enabled and active, the systemd version, whether the virtual environment exists.
@@ -29,8 +35,7 @@ command on PATH        ``/usr/local/bin/iotgw``                     ``/usr/local
 =====================  ==========================================  ==========================================
 
 Modules: ``units`` (roles, paths, unit text), ``plan`` (steps, facts, planners),
-``executor`` and ``cli``. The package imports only the standard library, so the agent's
-lean install can use it.
+``executor`` (carries a plan out) and ``cli`` (the two sub-commands).
 """
 
 from __future__ import annotations

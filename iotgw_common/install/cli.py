@@ -1,4 +1,9 @@
-"""``install`` and ``uninstall`` sub-commands for ``iotgw`` and ``iotgw-agent``."""
+"""``install`` and ``uninstall`` sub-commands for ``iotgw`` and ``iotgw-agent``.
+
+Each side calls :func:`add_commands` with its role and two callbacks for what only it
+knows (its options, its config file): ``gateway/cli/install.py`` and
+``device_agent/install.py``. Standard library only.
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from device_agent.actuators import ActuatorError, open_actuators
 from device_agent.commands import CommandRegistry, register_builtins, register_custom, run_program
 from device_agent.config import ConfigError, parse_config
 from iotgw_common.protocol import Command
+from tests.support.waiting import wait_until
 
 BASE = '[gateway]\nurl = "ws://gw/v1/device"\ntoken = "t"\n'
 ACTUATORS = """
@@ -122,7 +122,9 @@ def test_each_actuator_type_drives_its_mock_pin(mock_factory: MockFactory) -> No
             actuators.get("nope")
         blinking = actuators.get("beeper").blink(0.01, 0.01, 2)
         assert blinking["blinking"] == {"on_time": 0.01, "off_time": 0.01, "n": 2}
-        time.sleep(0.2)
+        beeper_pin = mock_factory.pin(16)
+        wait_until(lambda: [s.state for s in beeper_pin.states].count(True) == 2 and not beeper_pin.state,
+                   what="the beeper's two beeps, then off")  # fmt: skip
         assert actuators.get("beeper").state()["value"] is False  # two beeps, then off
         assert actuators.states() == {
             "beeper": False,

@@ -229,7 +229,7 @@ def test_401_is_logged_clearly_and_retried_only_after_the_long_delay(
             async with hand_gateway(refuse) as (url, _):
                 link = make_link(url, buffer, config_error_delay=config_error_delay)
                 task = asyncio.create_task(link.run())
-                await asyncio.sleep(seconds)
+                await asyncio.sleep(seconds)  # a window of fixed length: the attempts in it are counted
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -250,7 +250,7 @@ def test_close_4000_waits_the_long_delay(tmp_path: Path, caplog: pytest.LogCaptu
                 await receive(ws)
                 await welcome(ws, last_seq=0)
                 await ws.close(CloseCode.REPLACED, "replaced")
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # a window for what must not happen (a reconnect)
                 reconnects = connections.qsize()
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

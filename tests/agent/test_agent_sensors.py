@@ -28,9 +28,9 @@ from device_agent.sensors import (
     SensorError,
     build_sensor,
     build_sensors,
-    now_ms,
 )
 from device_agent.simulation import SPEED_OF_SOUND, MockMCP3008, Simulation
+from iotgw_common.clock import now_ms
 
 W1_OK = "4b 01 4b 46 7f ff 05 10 d8 : crc=d8 YES\n4b 01 4b 46 7f ff 05 10 d8 t={}\n"
 W1_BAD = "4b 01 4b 46 7f ff 05 10 d8 : crc=00 NO\n4b 01 4b 46 7f ff 05 10 d8 t=85000\n"
@@ -145,7 +145,7 @@ def test_distance_sensor_measures_the_echo(mock_factory: MockFactory) -> None:
 def test_distance_sensor_without_echo_is_a_clear_error(
     mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("device_agent.sensors.FIRST_SAMPLE_TIMEOUT", 0.3)
+    monkeypatch.setattr("device_agent.sensors.gpio.FIRST_SAMPLE_TIMEOUT", 0.3)
     sensor = build_sensor(DistanceSensorConfig(trigger_pin=23, echo_pin=24))
     with sensor, pytest.raises(SensorError, match="no measurement"):
         sensor.read()

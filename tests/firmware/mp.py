@@ -139,6 +139,11 @@ class Firmware:
         rx = re.compile(pattern)
         return [m for m in (rx.search(line) for line in self.snapshot()) if m]
 
+    def _drained(self, timeout: float = 5.0) -> None:
+        """Wait until the pump thread has read the exited process's output to its end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _check(self, pattern: str, start: int) -> re.Match[str] | None:
         rx = re.compile(pattern)
         for line in self.snapshot()[start:]:
@@ -154,7 +159,7 @@ class Firmware:
             if m:
                 return m
             if self.proc is not None and self.proc.poll() is not None:
-                time.sleep(0.2)  # let the pump thread read the last lines
+                self._drained()  # the pump thread has read the last lines
                 m = self._check(pattern, start)
                 if m:
                     return m
@@ -171,7 +176,7 @@ class Firmware:
             if m:
                 return m
             if self.proc is not None and self.proc.poll() is not None:
-                await asyncio.sleep(0.2)
+                await asyncio.to_thread(self._drained)  # the pump thread has read the last lines
                 m = self._check(pattern, start)
                 if m:
                     return m

@@ -177,7 +177,9 @@ def test_unacked_frames_are_resent_in_order_after_a_reconnect(tmp_path: Path) ->
             while len([m for m in conn.received if m["type"] == "readings"]) < 6:
                 await conn.next()
             await conn.send({"type": "ack", "seq": 2})
-            await asyncio.sleep(0.3)
+            # a barrier, not a pause: the firmware answers a ping in the read loop that takes in the ack
+            # (link.py _reader), so once the pong is back the ack has been handled
+            await asyncio.wait_for(await conn.ws.ping(), 10)
             for seq in (1, 2, 3):  # 3 "stored" but never acked: welcome.last_seq says so
                 stored[seq] = json.loads(conn.texts[seq])
             await conn.ws.close(1012, "restart")
@@ -231,7 +233,7 @@ def test_a_refused_frame_is_logged_dropped_and_counted(tmp_path: Path) -> None:
     async def script(conn: Conn, index: int) -> None:
         await conn.welcome()
         if index:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # a reconnect after the test's close: stay quiet
             return
         refused = None
         while not statuses or statuses[-1]["dropped"] == 0:

@@ -107,7 +107,7 @@ async def raw_http_server(response: Callable[[str], bytes]) -> tuple[asyncio.Ser
         )
         writer.write(response(key))
         await writer.drain()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scripted peer holds the connection a moment, then drops it
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.commands import AnsweringDevice, api
+from tests.support.commands import AnsweringDevice, api, wait_online
 from tests.support.device import ScriptedDevice, now_ms
 from tests.support.gateway import GatewayProcess
 
@@ -19,12 +19,12 @@ MUTATING = ("post", "put", "patch", "delete")
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    with GatewayProcess.start(tmp_path_factory.mktemp("gw")) as gateway:
-        gateway.control = gateway.add_operator("carol", "control")  # type: ignore[attr-defined]
-        gateway.read = gateway.add_operator("rita", "read")  # type: ignore[attr-defined]
-        gateway.add_device("api-dev", {"site": "lab"})
-        yield gateway
+def gw(gw: GatewayProcess) -> GatewayProcess:
+    """The module's gateway (tests/gateway/conftest.py): operators ``gw.control``, ``gw.read``; ``api-dev``."""
+    gw.control = gw.add_operator("carol", "control")  # type: ignore[attr-defined]
+    gw.read = gw.add_operator("rita", "read")  # type: ignore[attr-defined]
+    gw.add_device("api-dev", {"site": "lab"})
+    return gw
 
 
 def run(coro: Any) -> Any:
@@ -142,7 +142,7 @@ def test_device_list_shows_state_version_declarations_and_labels(gw: GatewayProc
                 assert d["commands"] == [{"name": "ping", "description": "pong", "args": {"n": "count"}}]
                 assert d["labels"] == {"room": "hall"} and d["info"] == {"mem_free": 1234, "board": "esp32"}
                 assert d["last_seen_ms"] is not None and d["last_seq"] == 1
-            await asyncio.sleep(0.3)
+            await wait_online(c, "listed-1", False)
             d = (await c.get("/api/v1/devices/listed-1")).json()
             assert d["online"] is False and d["peer"] is None and d["commands"][0]["name"] == "ping"
             assert (await c.get("/api/v1/devices/nope")).status_code == 404

@@ -9,7 +9,6 @@ commands exists (its name is the path example), so the fuzzer reaches real data.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import schemathesis
@@ -38,30 +37,33 @@ CHECKS = [
 EXAMPLES = 40
 
 
+# the module's gateway (fixture gw, tests/gateway/conftest.py): commands to a never-connected device
+# queue; a short max_wait keeps waiting requests short
+GATEWAY_ENV = {"IOTGW_API_MAX_WAIT": "0.3"}
+
+
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    # commands to a never-connected device queue; a short max_wait keeps waiting requests short
-    env = {"IOTGW_API_MAX_WAIT": "0.3"}
-    with GatewayProcess.start(tmp_path_factory.mktemp("gw"), env=env) as gateway:
-        control = gateway.add_operator("fuzzer", "control")
-        token = gateway.add_device("fuzz-dev", {"site": "lab"})
-        gateway.add_device("never-seen")
+def gw(gw: GatewayProcess) -> GatewayProcess:
+    """The module's gateway with stored readings and a command for ``fuzz-dev``; ``gw.fuzz_token``."""
+    control = gw.add_operator("fuzzer", "control")
+    token = gw.add_device("fuzz-dev", {"site": "lab"})
+    gw.add_device("never-seen")
 
-        async def seed() -> None:
-            async with ScriptedDevice(gateway.device_url, token, stream="fuzz") as dev:
-                await dev.hello(commands=[{"name": "ping"}], sensors=[{"metric": "temp"}])
-                for seq in range(1, 21):
-                    await dev.readings(seq, {"temp": 20.0 + seq, "on": seq % 2 == 0, "mode": "auto"})
-                await dev.wait_ack(20)
-            async with (
-                AnsweringDevice(gateway.device_url, token, ["ping"]),
-                api(gateway.api_url, control) as c,
-            ):
-                await c.post("/api/v1/devices/fuzz-dev/commands", json={"name": "ping"})
+    async def seed() -> None:
+        async with ScriptedDevice(gw.device_url, token, stream="fuzz") as dev:
+            await dev.hello(commands=[{"name": "ping"}], sensors=[{"metric": "temp"}])
+            for seq in range(1, 21):
+                await dev.readings(seq, {"temp": 20.0 + seq, "on": seq % 2 == 0, "mode": "auto"})
+            await dev.wait_ack(20)
+        async with (
+            AnsweringDevice(gw.device_url, token, ["ping"]),
+            api(gw.api_url, control) as c,
+        ):
+            await c.post("/api/v1/devices/fuzz-dev/commands", json={"name": "ping"})
 
-        asyncio.run(seed())
-        gateway.fuzz_token = control  # type: ignore[attr-defined]
-        yield gateway
+    asyncio.run(seed())
+    gw.fuzz_token = control  # type: ignore[attr-defined]
+    return gw
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway import store
-from gateway.app import delete_older_than
 from gateway.config import ConfigError, env_names, load_config
 from gateway.store import registry
+from gateway.store.retention import delete_older_than
 from gateway.tokens import hash_token
 from tests.support.gateway import repo_env
 

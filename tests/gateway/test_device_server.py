@@ -13,12 +13,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.support.device import ScriptedDevice, now_ms
 from tests.support.gateway import GatewayProcess
 
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"IOTGW_DEVICE_HELLO_TIMEOUT": "1.0", "IOTGW_DEVICE_MAX_REFUSED_IN_ROW": "5"}
-    with GatewayProcess.start(tmp_path_factory.mktemp("gw"), env=env) as gateway:
-        yield gateway
+# the module's gateway (fixture gw, tests/gateway/conftest.py): a short hello timeout, few refusals
+GATEWAY_ENV = {"IOTGW_DEVICE_HELLO_TIMEOUT": "1.0", "IOTGW_DEVICE_MAX_REFUSED_IN_ROW": "5"}
 
 
 def run(coro):
@@ -288,7 +284,7 @@ def test_graceful_shutdown_tells_devices_going_away(tmp_path: Path) -> None:
                 await dev.readings(1, {"x": 1})
                 await dev.wait_ack(1)
                 waiter = asyncio.create_task(dev.next(timeout=20))
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0)  # the waiter is reading before the gateway goes away
                 await asyncio.to_thread(gateway.terminate)
                 with pytest.raises(ConnectionClosed) as info:
                     await waiter

@@ -37,7 +37,7 @@ def test_sigkill_mid_stream_loses_nothing_acked_and_stores_nothing_twice(tmp_pat
                 for s in streamers:
                     stored = {seq for seq, _, _ in gw.readings(s.name)}
                     assert set(range(1, s.marked_ack + 1)) <= stored, f"{s.name} lost acked frames"
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # pacing, not waiting: the devices meet a gateway that is down
                 await asyncio.to_thread(gw.launch)
 
         async def main() -> None:

@@ -19,12 +19,6 @@ from tests.support.gateway import GatewayProcess
 SCENARIOS = load_sessions()
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
-    with GatewayProcess.start(tmp_path_factory.mktemp("gw-vectors")) as gateway:
-        yield gateway
-
-
 async def _play(url: str, token: str, scenario: dict, now: int) -> None:
     async with ScriptedDevice(url, token, stream="vectors") as dev:
         welcome = await dev.hello()

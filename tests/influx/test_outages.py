@@ -38,6 +38,10 @@ def test_influxdb_outage_while_devices_stream_loses_and_duplicates_nothing(tmp_p
             base = now_ms() - 3_600_000
             progress = [0] * devices
             seen: dict[str, object] = {}
+            # The devices stop at two gates until the outage has reached its next step, so the
+            # test does not depend on how fast a busy machine runs either side (no race between
+            # the devices finishing and the status calls returning).
+            gates = {80: asyncio.Event(), 230: asyncio.Event()}  # acked seqs, multiples of 10
 
             async def device(d: int) -> None:
                 async with ScriptedDevice(gw.device_url, tokens[d], stream=f"s{d}") as dev:
@@ -50,23 +54,27 @@ def test_influxdb_outage_while_devices_stream_loses_and_duplicates_nothing(tmp_p
                         if seq % 10 == 0:
                             await dev.wait_ack(seq)
                             progress[d] = seq
-                        await asyncio.sleep(0.004)
+                            if seq in gates:
+                                await gates[seq].wait()
+                        await asyncio.sleep(0.004)  # pacing: a frame every few ms, through the outage
                     await dev.wait_ack(frames)
                     progress[d] = dev.acked
                     assert dev.errors == []
 
             async def outage() -> None:
-                while min(progress) < frames // 4 or total_points(influx, db) == 0:
+                while min(progress) < 80 or total_points(influx, db) == 0:
                     await asyncio.sleep(0.02)
                 await asyncio.to_thread(influx.stop)
                 seen["stopped_at"] = min(progress)
+                gates[80].set()
                 # devices keep streaming and keep being acknowledged
-                while min(progress) < frames * 3 // 4:
+                while min(progress) < 230:
                     await asyncio.sleep(0.02)
                 seen["status"] = await asyncio.to_thread(status, gw)
                 seen["api"] = await asyncio.to_thread(api_status, gw)
                 seen["restarted_at"] = min(progress)
                 await asyncio.to_thread(influx.launch)
+                gates[230].set()
 
             async def main() -> None:
                 await asyncio.gather(outage(), *(device(d) for d in range(devices)))
@@ -121,7 +129,7 @@ def test_sigkill_during_forwarding_resumes_from_the_cursor_without_duplicates(
                     await asyncio.sleep(0.01)
                 await asyncio.to_thread(gw.kill)
                 kills.append(total_points(influx1, db))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # pacing, not waiting: the devices meet a gateway that is down
                 await asyncio.to_thread(gw.launch)
 
         async def main() -> None:

@@ -6,9 +6,10 @@ import sqlite3
 from pathlib import Path
 
 from gateway import store
-from gateway.app import delete_older_than
-from gateway.integrations.forwarder import EVENTS_CURSOR, READINGS_CURSOR, read_status
+from gateway.integrations.influx.sink import EVENTS_CURSOR, NAME, READINGS_CURSOR
 from gateway.store import registry
+from gateway.store.delivery import read_status
+from gateway.store.retention import delete_older_than
 
 
 def _store(tmp_path: Path, readings: int) -> tuple[sqlite3.Connection, int]:
@@ -56,4 +57,4 @@ def test_ids_never_go_back_behind_the_cursor(tmp_path: Path) -> None:
 
 def test_status_of_a_store_that_never_forwarded(tmp_path: Path) -> None:
     conn, _ = _store(tmp_path, 3)
-    assert read_status(conn).configured is False
+    assert read_status(conn, NAME).configured is False

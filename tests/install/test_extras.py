@@ -1,10 +1,13 @@
 """Fresh virtual environments with one extra each, installed from this checkout by pip.
 
 This is what ``iotgw-agent install`` does on a Pi. The agent's environment must be lean
-(no InfluxDB client, no web framework) and still run ``iotgw-agent check`` with mock pins;
-the gateway's must run ``iotgw serve --help`` and carry the firmware as data. Needs the
-package index (pip's cache makes repeated runs quick). The checkout is copied first, so
-the build leaves no ``build/`` behind in it.
+(no InfluxDB client, no web framework), must carry the shared ``iotgw_common`` package,
+must not need the ``gateway`` package at all (the one distribution ships it, so the test
+deletes it from the agent's environment), and still run ``iotgw-agent check`` with mock
+pins; the gateway's must run ``iotgw serve --help`` and carry the firmware as data. Needs
+the package index (pip's cache makes repeated runs quick). The checkout is copied first,
+so the build leaves no ``build/`` behind in it. That no agent module imports ``gateway``,
+even inside a function, is checked without installing: tests/agent/test_agent_imports.py.
 """
 
 from __future__ import annotations
@@ -68,6 +71,31 @@ def importable(venv: Path, module: str, cwd: Path) -> bool:
     return run(venv, "python", "-c", f"import {module}", cwd=cwd).returncode == 0
 
 
+WHEEL_FILES = """
+import importlib.metadata
+print("\\n".join(str(f) for f in importlib.metadata.files("iotgw") or ()))
+"""
+
+REMOVE_GATEWAY = """
+import pathlib, shutil, sysconfig
+package = pathlib.Path(sysconfig.get_paths()["purelib"]) / "gateway"
+assert (package / "__init__.py").is_file(), package
+shutil.rmtree(package)
+print("removed")
+"""
+
+IMPORT_ALL_AGENT_MODULES = """
+import importlib, pkgutil, sys
+import device_agent
+names = [m.name for m in pkgutil.walk_packages(device_agent.__path__, "device_agent.")
+         if not m.name.endswith(".__main__")]  # that one runs the command line
+for name in names:
+    importlib.import_module(name)
+assert not [m for m in sys.modules if m.split(".")[0] == "gateway"]
+print("\\n".join(names))
+"""
+
+
 def test_agent_extra_is_lean_and_checks_sensors_with_mock_pins(
     venvs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -76,6 +104,22 @@ def test_agent_extra_is_lean_and_checks_sensors_with_mock_pins(
         assert not importable(venv, heavy, tmp_path), f"{heavy} is installed with the agent extra"
     for needed in ("gpiozero", "websockets", "msgspec", "device_agent", "iotgw_common.install"):
         assert importable(venv, needed, tmp_path), needed
+    # iotgw_common and the agent's subpackages come from the wheel, not from a checkout
+    shipped = run(venv, "python", "-c", WHEEL_FILES, cwd=tmp_path)
+    assert shipped.returncode == 0, shipped.stderr
+    files = set(shipped.stdout.split())
+    for path in ("iotgw_common/__init__.py", "iotgw_common/protocol/codec.py", "iotgw_common/install/plan.py",
+                 "iotgw_common/logs.py", "iotgw_common/sdnotify.py", "device_agent/sensors/base.py",
+                 "device_agent/example.toml"):  # fmt: skip
+        assert path in files, f"{path} is not in the wheel"
+    # the agent does not need the gateway package: take it away, then every agent module
+    # imports and every command below still works
+    gone = run(venv, "python", "-c", REMOVE_GATEWAY, cwd=tmp_path)
+    assert gone.returncode == 0 and gone.stdout.strip() == "removed", gone.stdout + gone.stderr
+    assert not importable(venv, "gateway", tmp_path)
+    modules = run(venv, "python", "-c", IMPORT_ALL_AGENT_MODULES, cwd=tmp_path)
+    assert modules.returncode == 0, modules.stderr
+    assert "device_agent.sensors.gpio" in modules.stdout.split(), modules.stdout
     example = venv.parent / "src-agent/device_agent/example.toml"
     config = tmp_path / "agent.toml"
     config.write_text(example.read_text().replace("/var/lib/iotgw-agent/", f"{tmp_path}/"))

@@ -112,10 +112,18 @@ def test_without_systemd_nothing_is_sent_and_plain_logs_have_timestamps(tmp_path
         [sys.executable, "-m", "device_agent.cli", "run", "--config", str(config)],
         cwd=tmp_path, env=repo_env({"GPIOZERO_PIN_FACTORY": "mock"}), stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(2)
+    # Ready once it logs that it is starting (its signal handlers are in place by then): no fixed wait.
+    # Without systemd there is no READY=1 to wait for; the log line is the readiness.
+    assert proc.stdout is not None
+    head: list[str] = []
+    for line in proc.stdout:  # a line at a time (PYTHONUNBUFFERED); the test's timeout bounds it
+        head.append(line)
+        if f"{AGENT_NAME} starting" in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0
+    rest, _ = proc.communicate(timeout=30)
+    out = "".join(head) + rest
+    assert proc.returncode == 0, out
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO device_agent", out), out
 
 

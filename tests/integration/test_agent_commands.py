@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_agent_gateway import AgentProcess, wait_for
+from tests.integration.test_agent_gateway import AgentProcess
 from tests.support.gateway import GatewayProcess, repo_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,9 @@ def setup(
         agent.start()
         client = httpx.Client(base_url=gw.api_url, headers={"Authorization": f"Bearer {control}"}, timeout=30)
         try:
-            wait_for(lambda: online(client, "pi-cmd") and declared(client, "pi-cmd"), 30, "the agent's hello")
+            wait_until(
+                lambda: online(client, "pi-cmd") and declared(client, "pi-cmd"), 30, "the agent's hello"
+            )
             yield gw, agent, client
         finally:
             client.close()
@@ -134,7 +137,7 @@ def test_read_now_interval_and_custom_program(setup) -> None:
     before = len(gw.readings("pi-cmd"))
     read = send(client, "read_now")
     assert read["state"] == "succeeded" and "soil_moisture" in read["value"]["values"]
-    wait_for(
+    wait_until(
         lambda: any(ts == read["value"]["ts"] for _, ts, _ in gw.readings("pi-cmd")), 10, "read_now's sample"
     )
     assert len(gw.readings("pi-cmd")) > before
@@ -174,7 +177,7 @@ def test_undeclared_bad_arguments_and_raising_handlers_fail_and_the_agent_stays(
 def test_offline_agent_gets_queued_commands_within_the_ttl_and_not_after(setup) -> None:
     _, agent, client = setup
     agent.stop()
-    wait_for(lambda: not online(client, "pi-cmd"), 10, "the agent to go offline")
+    wait_until(lambda: not online(client, "pi-cmd"), 10, "the agent to go offline")
     queued = client.post(
         "/api/v1/devices/pi-cmd/commands",
         json={"name": "set", "args": {"target": "led", "value": "off"}, "ttl": 60, "wait": False},
@@ -183,8 +186,14 @@ def test_offline_agent_gets_queued_commands_within_the_ttl_and_not_after(setup) 
         "/api/v1/devices/pi-cmd/commands", json={"name": "ping", "ttl": 0.5, "wait": False}
     ).json()
     assert queued["state"] == doomed["state"] == "queued"
-    time.sleep(1.0)
-    expired = client.get(f"/api/v1/commands/{doomed['id']}").json()
+
+    def doomed_once_expired() -> dict[str, Any] | None:
+        command: dict[str, Any] = client.get(f"/api/v1/commands/{doomed['id']}").json()
+        return command if command["state"] == "expired" else None
+
+    expired = wait_until(
+        doomed_once_expired, 10, "the command with a 0.5 s ttl to expire while the agent is away"
+    )
     assert expired["state"] == "expired" and [h["state"] for h in expired["history"]] == ["queued", "expired"]
     agent.start()
     done = client.get(f"/api/v1/commands/{queued['id']}", params={"wait": 30}).json()

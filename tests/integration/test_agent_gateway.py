@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from device_agent.buffer import FrameBuffer
 from tests.support.gateway import GatewayProcess, repo_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -86,15 +86,6 @@ class AgentProcess:
             return stats.buffered, stats.dropped, buffer.next_seq
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -112,7 +103,7 @@ def test_agent_streams_readings_that_land_with_timestamp_and_device(tmp_path: Pa
         started = time.time() * 1000
         agent.start()
         try:
-            wait_for(lambda: len(gw.readings("pi-stream")) >= 20, 30, "20 readings")
+            wait_until(lambda: len(gw.readings("pi-stream")) >= 20, 30, "20 readings")
         finally:
             assert agent.stop() == 0
         finished = time.time() * 1000
@@ -140,11 +131,11 @@ def test_buffer_survives_agent_restart_while_gateway_is_down(tmp_path: Path) -> 
     agent = AgentProcess(tmp_path, "pi-offline", gw.device_url, token, interval=0.05)
 
     agent.start()
-    wait_for(lambda: agent.buffer_path.exists() and agent.buffered()[0] >= 10, 30, "10 buffered frames")
+    wait_until(lambda: agent.buffer_path.exists() and agent.buffered()[0] >= 10, 30, "10 buffered frames")
     assert agent.stop() == 0
     first_run = agent.buffered()
     agent.start()  # restart, gateway still down: the buffer file carries over
-    wait_for(lambda: agent.buffered()[0] >= first_run[0] + 10, 30, "10 more buffered frames")
+    wait_until(lambda: agent.buffered()[0] >= first_run[0] + 10, 30, "10 more buffered frames")
     assert agent.stop() == 0
     pending, dropped, next_seq = agent.buffered()
     assert pending == next_seq - 1 and dropped == 0  # nothing sent, nothing lost
@@ -153,7 +144,7 @@ def test_buffer_survives_agent_restart_while_gateway_is_down(tmp_path: Path) -> 
     gw.launch()
     try:
         agent.start()
-        wait_for(lambda: len(set(data_seqs(gw, "pi-offline"))) >= pending, 60, "the backlog to arrive")
+        wait_until(lambda: len(set(data_seqs(gw, "pi-offline"))) >= pending, 60, "the backlog to arrive")
         assert agent.stop() == 0
         left, dropped, next_seq = agent.buffered()
         seqs = data_seqs(gw, "pi-offline")
@@ -173,11 +164,13 @@ def test_sigkill_of_gateway_with_real_agents_loses_and_duplicates_nothing(tmp_pa
         try:
             for round_ in range(2):
                 target = 40 * (round_ + 1)
-                wait_for(lambda t=target: all(len(gw.readings(n)) >= t for n in names), 60, f"{target} each")
+                wait_until(
+                    lambda t=target: all(len(gw.readings(n)) >= t for n in names), 60, f"{target} each"
+                )
                 gw.kill()
                 time.sleep(0.5)  # agents keep sampling into their buffers meanwhile
                 gw.launch()
-            wait_for(lambda: all(len(gw.readings(n)) >= 150 for n in names), 60, "150 readings each")
+            wait_until(lambda: all(len(gw.readings(n)) >= 150 for n in names), 60, "150 readings each")
         finally:
             codes = [agent.stop() for agent in agents]
         assert codes == [0, 0, 0]

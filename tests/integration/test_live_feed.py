@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support.device import ScriptedDevice, StreamingDevice
 from tests.support.gateway import GatewayProcess, repo_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -277,9 +278,9 @@ def test_readings_follow_and_watch_json_print_readings_as_they_arrive(tmp_path: 
             assert proc.stdout is not None and raw.stdout is not None
             lines = [json.loads(proc.stdout.readline()) for _ in range(3)]  # the history first
             assert json.loads(raw.stdout.readline())["type"] == "subscribed"
-            deadline = time.monotonic() + 10
-            while gw.log().count("live feed: ops subscribed") < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(
+                lambda: gw.log().count("live feed: ops subscribed") >= 2, 10, "both watchers subscribed"
+            )
             asyncio.run(send(gw, tank, 4, 5))  # then, pushed by the feed, what arrives while it follows
             lines += [json.loads(proc.stdout.readline()) for _ in range(5)]
             messages = [json.loads(raw.stdout.readline()) for _ in range(7)]

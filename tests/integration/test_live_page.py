@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import threading
-import time
 import urllib.request
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -134,16 +133,30 @@ def text(driver: WebDriver, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
+def painted(driver: WebDriver, frames: int = 3) -> None:
+    """Return once the page has gone through ``frames`` animation frames.
+
+    The page draws its charts in an animation frame (``scheduleDraw`` in app.js), after data or a
+    resize: a few frames later that drawing is on screen, on a fast machine or a slow one.
+    """
+    driver.execute_async_script(
+        "let n = arguments[0]; const done = arguments[arguments.length - 1];"
+        "const step = () => (--n > 0 ? requestAnimationFrame(step) : done());"
+        "requestAnimationFrame(step);",
+        frames,
+    )
+
+
 def screenshot(driver: WebDriver, name: str, width: int, *, mobile: bool = False) -> None:
     """Save the whole page (not only the viewport) to test-artifacts/NAME."""
-    time.sleep(0.3)  # let a chart redraw land
+    painted(driver)  # the last chart redraw has landed
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile},
     )
     try:
-        time.sleep(0.3)
+        painted(driver)  # the page has been laid out and its charts redrawn at the new size
         ARTIFACTS.mkdir(exist_ok=True)
         assert driver.save_screenshot(str(ARTIFACTS / name))
     finally:

@@ -10,10 +10,11 @@ Two writers with one interface (``Writer``), chosen by ``influx.api``:
   synchronous write API (``/api/v2/write``), which does no per-point work.
 
 Both write with precision ``ms`` and raise ``WriteError``, whose ``retryable``
-says what the forwarder does next: wait and retry the same batch (unreachable,
-5xx, 429, credentials refused, database missing) or split it to find the
-points InfluxDB refuses (other 4xx). The forwarder calls them from a worker
-thread (``asyncio.to_thread``), never on the event loop.
+says what the delivery engine does next: wait and retry the same batch
+(unreachable, 5xx, 429, credentials refused, database missing) or split it to
+find the points InfluxDB refuses (other 4xx); ``sink.InfluxSink`` turns it into
+the engine's ``DeliveryError``. The engine calls them from a worker thread,
+never on the event loop.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class WriteError(Exception):
 
 
 class Writer(Protocol):
-    """What the forwarder needs from a writer."""
+    """What the InfluxDB sink needs from a writer."""
 
     target: str
     """For people: API, URL and database or bucket (never credentials)."""
@@ -182,7 +183,7 @@ class V2Writer:
             token=settings.token,
             org=self._org,
             timeout=int(settings.timeout * 1000),
-            retries=False,  # the forwarder retries, with backoff, and knows when to split
+            retries=False,  # the delivery engine retries, with backoff, and knows when to split
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
         org = f" org {settings.org}" if settings.org else ""

@@ -7,7 +7,6 @@ whose name is recorded as the sender of every command.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gateway.operator.api.context import ApiContext, context
 from gateway.store import operators
 from gateway.store.operators import Operator, Role
+from iotgw_common.clock import now_ms
 
 TOUCH_EVERY_MS = 60_000
 """``last_used_ms`` of a token is written at most this often."""
@@ -50,7 +50,7 @@ async def operator_for_token(ctx: ApiContext, token: str) -> Operator | None:
     found = await ctx.reads.run(lambda conn: operators.find_by_token(conn, token))
     if found is None:
         return None
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     if found.last_used_ms is None or now - found.last_used_ms > TOUCH_EVERY_MS:
         last = ctx.touched.get(found.id, 0)
         if now - last > TOUCH_EVERY_MS:

@@ -12,9 +12,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway import __version__
-from gateway.integrations.forwarder import read_status as read_forwarder_status
 from gateway.integrations.influx.lineprotocol import check_label
-from gateway.operator import commands
+from gateway.integrations.influx.sink import NAME as INFLUX
 from gateway.operator.api.auth import Controller, Reader
 from gateway.operator.api.context import ApiContext, context
 from gateway.operator.api.schemas import (
@@ -34,11 +33,13 @@ from gateway.operator.api.schemas import (
     PointOut,
     StatusOut,
 )
-from gateway.operator.commands import CommandError, CommandRecord, UnknownCommand
+from gateway.operator.commands import CommandError, UnknownCommand
 from gateway.operator.metrics import CONTENT_TYPE
+from gateway.store import delivery, ledger, registry
 from gateway.store import readings as history
-from gateway.store import registry
+from gateway.store.ledger import CommandRecord
 from gateway.store.registry import DeviceRecord
+from iotgw_common.clock import now_ms
 from iotgw_common.protocol.messages import MAX_SEQ
 
 API = "/api/v1"
@@ -68,10 +69,6 @@ TimeMs = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
 
 public = APIRouter(tags=["health"])
 router = APIRouter(prefix=API)
-
-
-def _ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def _device(ctx: ApiContext, name: str) -> DeviceRecord:
@@ -148,9 +145,9 @@ async def status(request: Request, _: Reader) -> StatusOut:
     ctx = context(request)
 
     def read(conn: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
-        (count,) = conn.execute("SELECT count(*) FROM devices").fetchone()
-        forwarder = read_forwarder_status(conn)
-        return int(count), [msgspec.to_builtins(forwarder)] if forwarder.configured else []
+        count = registry.count_devices(conn)
+        forwarder = delivery.read_status(conn, INFLUX)
+        return count, [msgspec.to_builtins(forwarder)] if forwarder.configured else []
 
     registered, forwarders = await ctx.reads.run(read)
     c = ctx.committer
@@ -197,10 +194,10 @@ async def _set_labels(request: Request, name: str, body: LabelsIn, *, merge: boo
     record = await _device(ctx, name)
 
     def write(conn: sqlite3.Connection) -> dict[str, str]:
-        row = conn.execute("SELECT labels FROM devices WHERE id = ?", (record.id,)).fetchone()
-        if row is None:
+        stored = registry.stored_labels(conn, record.id)
+        if stored is None:
             raise LookupError(name)
-        labels: dict[str, str] = msgspec.json.decode(row[0]) if merge else {}
+        labels = stored if merge else {}
         for key, value in body.labels.items():
             if value is None:
                 labels.pop(key, None)
@@ -209,9 +206,7 @@ async def _set_labels(request: Request, name: str, body: LabelsIn, *, merge: boo
                 labels[key] = value
         if len(labels) > 64:
             raise ValueError("a device has at most 64 labels")
-        conn.execute(
-            "UPDATE devices SET labels = ? WHERE id = ?", (msgspec.json.encode(labels).decode(), record.id)
-        )
+        registry.set_labels(conn, record.id, labels)
         return labels
 
     try:
@@ -251,7 +246,7 @@ async def latest(request: Request, name: DeviceName, _: Reader) -> LatestOut:
 
 def _range(start: int | None, end: int | None) -> tuple[int, int]:
     end_ = MAX_SEQ if end is None else end
-    start_ = max(0, (_ms() if end is None else end_) - HOUR_MS) if start is None else start
+    start_ = max(0, (now_ms() if end is None else end_) - HOUR_MS) if start is None else start
     if start_ > end_:
         raise HTTPException(422, f"start ({start_}) is after end ({end_})")
     return start_, end_
@@ -372,7 +367,7 @@ async def send_command(
         started = time.monotonic()
         command = await ctx.commands.wait(command.id, min(body.timeout, budget)) or command
         if command.state == "sent":  # sent late in the wait: its deadline (sent + timeout) decides
-            left = (command.deadline_ms - _ms()) / 1000 + SWEEP_GRACE_S
+            left = (command.deadline_ms - now_ms()) / 1000 + SWEEP_GRACE_S
             left = min(left, budget - (time.monotonic() - started))
             if left > 0:
                 command = await ctx.commands.wait(command.id, left) or command
@@ -392,7 +387,7 @@ async def device_commands(
     """The device's most recent commands, newest first, with who sent them and every state change."""
     ctx = context(request)
     record = await _device(ctx, name)
-    rows = await ctx.reads.run(lambda conn: commands.list_commands(conn, record.id, limit=limit, state=state))
+    rows = await ctx.reads.run(lambda conn: ledger.list_commands(conn, record.id, limit=limit, state=state))
     merged = [ctx.commands.get(r.id) or r for r in rows]
     return CommandsOut(device=name, commands=[_command_out(r) for r in merged])
 
@@ -401,7 +396,7 @@ async def _command(ctx: ApiContext, command_id: str) -> CommandRecord:
     live = ctx.commands.get(command_id)
     if live is not None:
         return live
-    stored = await ctx.reads.run(lambda conn: commands.load_command(conn, command_id))
+    stored = await ctx.reads.run(lambda conn: ledger.load_command(conn, command_id))
     if stored is None:
         raise HTTPException(404, f"no command {command_id!r}")
     return stored
