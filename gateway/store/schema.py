@@ -16,7 +16,6 @@ from pathlib import Path
 
 from gateway.store.db import transaction
 
-SCHEMA_VERSION = 3
 
 _MIGRATIONS: list[str] = [
     # 1: devices, readings, events, forwarding cursors, commands
@@ -159,6 +158,10 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX commands_open ON commands (state) WHERE state IN ('queued', 'sent');
     """,
 ]
+
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""Migrations are numbered from 1 by their place in the list; append, never reorder or edit one."""
 
 
 def connect(path: str | Path, *, synchronous: str = "FULL", create: bool = True) -> sqlite3.Connection:

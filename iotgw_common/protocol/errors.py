@@ -38,6 +38,11 @@ class ErrorCode(enum.StrEnum):
     SEQ_NOT_INCREASING = "seq_not_increasing"
     HELLO_REQUIRED = "hello_required"
     UNEXPECTED_MESSAGE = "unexpected_message"
+    NESTING_TOO_DEEP = "nesting_too_deep"
+    OUT_OF_RANGE = "out_of_range"
+    TOO_MANY_METRICS = "too_many_metrics"
+    TOO_MANY_EVENT_NAMES = "too_many_event_names"
+    RATE_LIMITED = "rate_limited"
 
 
 #: What each error code means; shown to people (logs, docs), never parsed.
@@ -56,6 +61,11 @@ ERROR_EXPLANATIONS: dict[ErrorCode, str] = {
     ErrorCode.SEQ_NOT_INCREASING: "seq is not above the highest seq already received on this stream",
     ErrorCode.HELLO_REQUIRED: "a data message came before hello",
     ErrorCode.UNEXPECTED_MESSAGE: "the message is valid but not expected now (a second hello)",
+    ErrorCode.NESTING_TOO_DEEP: "a JSON value is nested deeper than max_nesting_depth",
+    ErrorCode.OUT_OF_RANGE: "an integer is outside what the gateway stores (beyond ±(2^53 - 1))",
+    ErrorCode.TOO_MANY_METRICS: "the frame adds a metric name beyond the device's quota of distinct metric names",
+    ErrorCode.TOO_MANY_EVENT_NAMES: "the event's name is new and the device already has its quota of distinct event names",
+    ErrorCode.RATE_LIMITED: "the device sends readings faster than its quota after back-pressure; the frame was not stored",
 }
 
 
@@ -73,6 +83,7 @@ class CloseCode(enum.IntEnum):
     HELLO_TIMEOUT = 4002
     DEVICE_REMOVED = 4003
     UNSUPPORTED_PROTOCOL = 4004
+    TOKEN_REVOKED = 4005
 
 
 #: What the gateway means by each close code and what a device should do.
@@ -88,6 +99,7 @@ CLOSE_EXPLANATIONS: dict[CloseCode, str] = {
     CloseCode.HELLO_TIMEOUT: "no hello within hello_timeout; reconnect with backoff",
     CloseCode.DEVICE_REMOVED: "the device was removed from the gateway; its token no longer works",
     CloseCode.UNSUPPORTED_PROTOCOL: "hello asked for a protocol version the gateway does not speak",
+    CloseCode.TOKEN_REVOKED: "the device's token was rotated; the old token no longer works: configure the new one",
 }
 
 
