@@ -9,7 +9,9 @@ PACKAGES=(
   sqlite3                                    # to look into the store by hand (README)
   procps                                     # ps/pkill used by a few tests
   openssl                                    # a throwaway TLS certificate for the firmware wss:// test
-  mosquitto                                  # the MQTT broker (bench/: the Mosquitto peer scenario)
+  faketime                                   # the firmware's board clock starting at 2000-01-01 (tests/firmware/test_memory.py)
+  dnsmasq-base                               # a real DNS server for the firmware's non-blocking resolver (tests/firmware/test_network.py)
+  mosquitto                                  # the MQTT broker (tests/mqtt/, make demo, bench/)
   systemd                                    # systemd-analyze verify/security on the units (tests/install)
   influxdb victoria-metrics                  # InfluxDB 1.x (v1 /write) and a v2-write-API server, for tests/influx
   chromium chromium-driver                   # the live web page, tested in a real headless browser

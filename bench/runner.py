@@ -25,12 +25,12 @@ from pathlib import Path
 # Importing a scenario module registers its scenarios; they are listed and run in this order.
 from . import scenarios  # isort: split
 
-from . import command_rtt, influx_e2e
+from . import bridge_e2e, command_rtt, influx_e2e
 from .registry import SCENARIOS, Context, Result
 from .report import RESULTS_DIR, environment, format_table, write_result
 from .targets import MosquittoTarget
 
-SCENARIO_MODULES = (scenarios, command_rtt, influx_e2e)
+SCENARIO_MODULES = (scenarios, command_rtt, influx_e2e, bridge_e2e)
 
 
 def _have(program: str) -> bool:

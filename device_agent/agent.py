@@ -84,6 +84,8 @@ class Agent:
             max_in_flight=config.agent.max_in_flight,
             backoff_base=config.agent.backoff_base,
             backoff_max=config.agent.backoff_max,
+            ca_file=config.gateway.ca_file,
+            tls_verify=config.gateway.tls_verify,
         )
         self.hardware: Hardware | None = None
         self.actuators: Actuators | None = None
@@ -128,6 +130,10 @@ class Agent:
                 stats.dropped,
             )
             self._info = self._describe(hardware)
+            if self.actuators is not None and self.actuators.by_name:
+                # "name:type,..." lets the gateway offer the outputs to Home Assistant (docs/mqtt.md)
+                outputs = ",".join(f"{a.name}:{a.kind}" for a in self.actuators.by_name.values())
+                self._info["outputs"] = outputs[:MAX_STRING_LENGTH]
             link = self.link = Link(
                 self._link_settings, buffer, self._hello, self.commands, on_welcome=self._welcomed
             )

@@ -7,8 +7,10 @@ docs/commands.md is the contract. A handler is registered with::
 where ``handler(args) -> value`` is an async callable. Registered commands are
 declared in ``hello.commands``; anything else is answered ``ok=false`` with
 ``unknown command: NAME``, and a command whose ``deadline`` has passed with
-``deadline passed before the command ran``, without running it. How a
-handler's exception becomes the ``error``:
+``deadline passed before the command ran``, without running it. At most one run
+per command name at a time: a command arriving while another of the same name
+runs is answered ``ok=false`` with ``NAME is already running`` and not started
+(docs/commands.md, section 5). How a handler's exception becomes the ``error``:
 
 * :class:`BadArguments` (and the actuators' ``ActuatorError``): ``bad arguments: ...``;
 * :class:`CommandFailed`: its message, and its ``value`` (a program's output) too;
@@ -63,6 +65,7 @@ class CommandRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, tuple[Handler, CommandInfo]] = {}
+        self._running: set[str] = set()  # names with a run in progress (one at a time per name)
 
     def register(
         self, name: str, handler: Handler, *, description: str = "", args: dict[str, str] | None = None
@@ -75,7 +78,11 @@ class CommandRegistry:
         return [info for _, info in self._handlers.values()]
 
     async def handle(self, command: Command, *, now_ms: int | None = None) -> Result:
-        """Run ``command`` and return the ``result`` to send; never raises (but CancelledError)."""
+        """Run ``command`` and return the ``result`` to send; never raises (but CancelledError).
+
+        Call it from one event loop (the link runs each command in its own task); a second
+        command of a name whose run is still in progress is refused, not queued.
+        """
         now = clock.now_ms() if now_ms is None else now_ms
         if command.deadline and now > command.deadline:
             return Result(id=command.id, ok=False, error="deadline passed before the command ran")
@@ -83,7 +90,11 @@ class CommandRegistry:
         if entry is None:
             log.info("command %s %r refused: unknown command", command.id, command.name)
             return Result(id=command.id, ok=False, error=_short(f"unknown command: {command.name}"))
+        if command.name in self._running:
+            log.info("command %s %r refused: already running", command.id, command.name)
+            return Result(id=command.id, ok=False, error=_short(f"{command.name} is already running"))
         handler, _ = entry
+        self._running.add(command.name)
         try:
             value = await handler(command.args)
         except (BadArguments, ActuatorError) as exc:
@@ -96,6 +107,8 @@ class CommandRegistry:
             log.warning("command %s %r raised", command.id, command.name, exc_info=True)
             text = f"{command.name} failed: {type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return Result(id=command.id, ok=False, error=_short(text))
+        finally:
+            self._running.discard(command.name)
         return Result(id=command.id, ok=True, value=value)
 
 

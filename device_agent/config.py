@@ -3,9 +3,11 @@
 File shape (every key but ``gateway.url`` and ``gateway.token`` has a default)::
 
     [gateway]
-    url = "ws://127.0.0.1:8765/v1/device"
+    url = "ws://127.0.0.1:8765/v1/device"   # wss://... with TLS (docs/security.md)
     token = "iotgw_d_..."
     device = "pi-kitchen"             # optional; must match the token's device
+    ca_file = "/etc/iotgw/ca.pem"     # wss:// only: the site CA; default: the system's CAs
+    tls_verify = true                 # wss:// only: false = no certificate check (warned each connect)
 
     [agent]
     interval = 5.0                    # seconds between samples
@@ -37,7 +39,7 @@ File shape (every key but ``gateway.url`` and ``gateway.token`` has a default)::
     argv = ["systemctl", "restart", "myapp"]
     timeout = 30.0
 
-A relative ``buffer_path`` in the file is relative to the file's directory.
+A relative ``buffer_path`` or ``ca_file`` in the file is relative to the file's directory.
 
 Environment overrides (one scheme: ``IOTGW_AGENT_`` + section-less key name, upper case);
 they win over the file:
@@ -48,6 +50,7 @@ variable                                key                  type
 ``IOTGW_AGENT_GATEWAY_URL``             ``gateway.url``      str
 ``IOTGW_AGENT_TOKEN``                   ``gateway.token``    str
 ``IOTGW_AGENT_DEVICE``                  ``gateway.device``   str
+``IOTGW_AGENT_CA_FILE``                 ``gateway.ca_file``  str (relative: to the cwd)
 ``IOTGW_AGENT_INTERVAL``                ``agent.interval``   float
 ``IOTGW_AGENT_BUFFER_PATH``             ``agent.buffer_path``  str (relative: to the cwd)
 ``IOTGW_AGENT_BUFFER_MAX_FRAMES``       ``agent.buffer_max_frames``  int
@@ -67,6 +70,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -113,6 +117,11 @@ class GatewayConfig(Table):
     url: Annotated[str, msgspec.Meta(pattern=r"^wss?://")]
     token: Annotated[str, msgspec.Meta(min_length=1)]
     device: Annotated[str, msgspec.Meta(pattern=DEVICE_NAME_PATTERN)] | None = None
+    ca_file: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """``wss://`` only: trust this CA file (PEM, e.g. the site CA's ca.pem) instead of the system's."""
+    tls_verify: bool = True
+    """``wss://`` only: False accepts any certificate (no protection from a man in the middle);
+    the agent then logs a warning at every connect."""
 
 
 class AgentSettings(Table):
@@ -170,6 +179,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "GATEWAY_URL": ("gateway", "url", str),
     "TOKEN": ("gateway", "token", str),
     "DEVICE": ("gateway", "device", str),
+    "CA_FILE": ("gateway", "ca_file", str),
     "INTERVAL": ("agent", "interval", float),
     "BUFFER_PATH": ("agent", "buffer_path", str),
     "BUFFER_MAX_FRAMES": ("agent", "buffer_max_frames", int),
@@ -191,7 +201,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table")
-        if key == "buffer_path":
+        if key in ("buffer_path", "ca_file"):
             value = os.path.abspath(value)
         table[key] = value
 
@@ -208,11 +218,12 @@ def parse_config(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
-    agent_table = raw.get("agent")
-    if base_dir is not None and isinstance(agent_table, dict):
-        path = agent_table.get("buffer_path")
-        if isinstance(path, str) and path and not os.path.isabs(path):
-            agent_table["buffer_path"] = str(base_dir / path)
+    for section, key in (("agent", "buffer_path"), ("gateway", "ca_file")):
+        table = raw.get(section)
+        if base_dir is not None and isinstance(table, dict):
+            path = table.get(key)
+            if isinstance(path, str) and path and not os.path.isabs(path):
+                table[key] = str(base_dir / path)
     if env is not None:
         _apply_env(raw, env)
     try:
@@ -242,11 +253,22 @@ def _explain(message: str) -> str:
     if not sep:
         return message
     key = where.rstrip("`").lstrip(".")
+    kinds = {"sensors": SensorConfig, "actuators": ActuatorConfig}.get(key.partition("[")[0])
+    if kinds is not None and key.endswith("].type") and text.startswith("Invalid value"):
+        valid = ", ".join(str(t.__struct_config__.tag) for t in typing.get_args(kinds))
+        text += f"; the valid types are: {valid} (README.md, device_agent/hardware_config.py)"
     return f"{key or '(top level)'}: {text}"
 
 
 def _check(config: AgentConfig) -> None:
     """Cross-field rules that types cannot express."""
+    gateway = config.gateway
+    if gateway.url.startswith("ws://") and (gateway.ca_file is not None or not gateway.tls_verify):
+        raise ConfigError(
+            "gateway.url: ca_file and tls_verify apply to wss:// URLs; this one is ws:// (clear text)"
+        )
+    if gateway.ca_file is not None and not os.path.isfile(gateway.ca_file):
+        raise ConfigError(f"gateway.ca_file: {gateway.ca_file} does not exist")
     agent = config.agent
     if agent.backoff_base > agent.backoff_max:
         raise ConfigError("agent.backoff_base: must not exceed agent.backoff_max")

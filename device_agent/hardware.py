@@ -48,7 +48,10 @@ class Hardware:
         return type(factory).__name__ if factory is not None else "none"
 
     def close(self) -> None:
-        """Close every sensor, then stop the simulation; safe twice."""
+        """Stop the simulation's thread, close every sensor (each stops its own reader thread
+        first), then close the simulation; safe twice."""
+        if self.simulation is not None:
+            self.simulation.stop()
         for sensor in self.sensors:
             try:
                 sensor.close()
@@ -82,7 +85,12 @@ def open_hardware(config: AgentConfig, *, pin_factory: Any = None) -> Hardware:
                 pin_factory = MockFactory()
             sim = config.simulation
             simulation = Simulation(
-                configs, pin_factory, seed=sim.seed, step=sim.step, event_interval=sim.event_interval
+                configs,
+                pin_factory,
+                seed=sim.seed,
+                step=sim.step,
+                event_interval=sim.event_interval,
+                identity=config.gateway.device or "",
             )
             configs = simulation.sensors
             log.info(

@@ -15,7 +15,13 @@ backoff and full jitter (delay uniform in [0, min(max, base * 2**attempt)]),
 and resends, in order, everything not acknowledged. Some endings wait longer,
 as docs/protocol.md asks, and log loudly: close 4000 (replaced: two devices may
 share a token) and 1008 wait ``long_delay`` more; HTTP 401 and closes
-4001/4003/4004 (the configuration must change) wait ``config_error_delay``.
+4001/4003/4004/4005 (the configuration must change) wait ``config_error_delay``.
+
+``wss://`` verifies the gateway's certificate against the system's CAs or
+``ca_file`` and its name against the URL's host (iotgw_common/tls.py); a
+failed check is logged as one sentence saying what to change, and retried
+with the same backoff. ``tls_verify = False`` turns the check off and warns
+at every connect.
 
 The attempt counter resets only after a session that stayed up
 ``stable_after`` seconds, so a gateway that accepts and drops at once still
@@ -29,6 +35,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from device_agent.buffer import FrameBuffer
 from device_agent.commands import CommandRegistry
+from iotgw_common import tls
 from iotgw_common._version import __version__
 from iotgw_common.clock import now_ms
 from iotgw_common.protocol import (
@@ -60,7 +68,12 @@ log = logging.getLogger(__name__)
 
 #: Close codes after which reconnecting cannot help until the configuration changes.
 CONFIG_ERROR_CLOSES = frozenset(
-    {CloseCode.DEVICE_MISMATCH, CloseCode.DEVICE_REMOVED, CloseCode.UNSUPPORTED_PROTOCOL}
+    {
+        CloseCode.DEVICE_MISMATCH,
+        CloseCode.DEVICE_REMOVED,
+        CloseCode.UNSUPPORTED_PROTOCOL,
+        CloseCode.TOKEN_REVOKED,  # rotated: only a new token in the configuration helps
+    }
 )
 #: Close codes after which the device waits ``long_delay`` on top of the backoff.
 LONG_DELAY_CLOSES = frozenset({CloseCode.REPLACED, CloseCode.POLICY_VIOLATION})
@@ -107,6 +120,10 @@ class LinkSettings:
     stable_after: float = 10.0
     long_delay: float = 60.0
     config_error_delay: float = 300.0
+    ca_file: str | None = None
+    """``wss://``: the CA file (PEM) to verify the gateway against; None: the system's CAs."""
+    tls_verify: bool = True
+    """``wss://``: False skips certificate checks (logged as a warning at every connect)."""
 
 
 @dataclasses.dataclass
@@ -192,6 +209,7 @@ class Link:
         try:
             async with connect(
                 settings.url,
+                ssl=self._tls_context(),
                 additional_headers={"Authorization": f"Bearer {settings.token}"},
                 compression=None,
                 open_timeout=settings.open_timeout,
@@ -215,10 +233,18 @@ class Link:
                     "gateway %s refused the token (HTTP 401): check gateway.token / IOTGW_AGENT_TOKEN",
                     settings.url,
                 )
+            elif status == 404:
+                log.error(
+                    "gateway %s answered HTTP 404: the gateway's device endpoint is /v1/device "
+                    '(gateway.url = "ws://HOST:8765/v1/device", wss:// with TLS)',
+                    settings.url,
+                )
             else:
                 log.error("gateway %s refused the WebSocket handshake: HTTP %d", settings.url, status)
         except ConnectionClosed as exc:
             outcome.close_code = exc.rcvd.code if exc.rcvd is not None else None
+        except (ssl.SSLError, tls.TlsError) as exc:  # before OSError, which SSLError is
+            log.error("cannot connect to %s securely: %s", settings.url, tls.explain(exc))
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             log.warning("cannot connect to %s: %s", settings.url, exc or type(exc).__name__)
         finally:
@@ -229,6 +255,22 @@ class Link:
         if outcome.welcomed or outcome.close_code is not None:
             self._log_close(outcome.close_code)
         return outcome
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """For ``wss://``: a fresh client context (a CA file replaced on disk counts at the next try).
+
+        Raises ``tls.TlsError`` when the CA file cannot be read; ``_attempt`` logs it and retries.
+        """
+        settings = self.settings
+        if not settings.url.startswith("wss://"):
+            return None
+        if not settings.tls_verify:
+            log.warning(
+                "connecting to %s WITHOUT verifying its certificate (gateway.tls_verify = false): "
+                "anyone on the path can pose as the gateway and read this device's token",
+                settings.url,
+            )
+        return tls.client_context(ca_file=settings.ca_file, verify=settings.tls_verify)
 
     async def _session(self, ws: ClientConnection, outcome: SessionOutcome) -> None:
         await ws.send(encode(self._hello()), text=True)

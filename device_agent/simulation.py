@@ -25,6 +25,7 @@ the sensors from ``sim.sensors`` (configs pointing at the simulated files),
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import shutil
@@ -154,6 +155,8 @@ class Simulation:
 
     ``seed`` makes runs reproducible; ``step`` is the tick of the background
     thread in seconds; ``event_interval`` the mean seconds between input events.
+    ``identity`` (the device's name) fixes the simulated DS18B20 serials: the same on every
+    run of the same device, so its ``temp_28-*`` metrics do not multiply across restarts.
     """
 
     def __init__(
@@ -164,8 +167,10 @@ class Simulation:
         seed: int | None = None,
         step: float = 0.5,
         event_interval: float = 30.0,
+        identity: str = "",
     ) -> None:
         self.factory = factory
+        self.identity = identity
         self.rng = random.Random(seed)
         self.step_seconds = step
         self.event_interval = event_interval
@@ -185,6 +190,12 @@ class Simulation:
 
     # -- setup ---------------------------------------------------------------------------
 
+    def ds18b20_serials(self, bus: int, count: int) -> list[str]:
+        """``count`` serials (``28-`` + 12 hex digits) for the ``bus``-th ds18b20 entry, derived
+        from ``identity``: stable across runs, different between devices."""
+        digest = (hashlib.sha256(f"{self.identity}|w1|{bus}|{n}".encode()).hexdigest() for n in range(count))
+        return [f"28-{d[:12]}" for d in digest]
+
     def _prepare(self, config: SensorConfig) -> SensorConfig:
         rng = self.rng
         if isinstance(config, CpuTemperatureSensor):
@@ -199,9 +210,7 @@ class Simulation:
             # one directory per configured entry, so that a discovering entry finds only its own
             self._w1_dirs += 1
             base = self.dir / f"w1_devices_{self._w1_dirs}"
-            serials = (
-                [config.serial] if config.serial else [f"28-{rng.getrandbits(48):012x}" for _ in range(2)]
-            )
+            serials = [config.serial] if config.serial else self.ds18b20_serials(self._w1_dirs, 2)
             for serial in serials:
                 drift = Drift(rng, 5.0, 35.0, step=0.15, start=rng.uniform(17, 24))
                 self._add_file(base / serial / "w1_slave", drift, "w1_slave")
@@ -274,12 +283,16 @@ class Simulation:
             except Exception:  # a closed pin while shutting down; never kill the agent
                 log.debug("simulation step failed", exc_info=True)
 
-    def close(self) -> None:
-        """Stop the thread, detach the mock SPI devices, delete the files; safe twice."""
+    def stop(self) -> None:
+        """Stop the background thread (no more pin changes); safe twice. Call before closing sensors."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def close(self) -> None:
+        """Stop the thread, detach the mock SPI devices, delete the files; safe twice."""
+        self.stop()
         for adc in self._adcs.values():
             adc.close()
         self._adcs.clear()

@@ -13,10 +13,15 @@ import json
 
 import compat
 import drivers
-from compat import BOARD, collect, log, rand_below, ticks_add, ticks_diff, ticks_ms
+from compat import BOARD, collect, fault, log, ticks_add, ticks_diff, ticks_ms
 from link import Link
+from ws import unload as ws_unload
 
 MIN_INTERVAL_MS = 1
+# The floor on an interval set from outside (the set_interval command, welcome.settings):
+# a mistyped "0.001" must not turn a board into a busy loop that floods the gateway
+# and starves the link. The config's own interval_s is the owner's choice and is not raised.
+MIN_REMOTE_INTERVAL_S = 0.5
 
 
 def config_path():
@@ -36,109 +41,100 @@ def load_config(path=None):
     return cfg
 
 
-class Wifi:
-    """WiFi station with reconnect, backoff and full jitter (boards only)."""
-
-    def __init__(self, cfg):
-        import network
-
-        self.ssid = cfg.get("ssid")
-        self.password = cfg.get("password")
-        self.timeout_ms = int(cfg.get("timeout_s", 20) * 1000)
-        self.base_ms = int(cfg.get("backoff_base_s", 1) * 1000)
-        self.cap_ms = int(cfg.get("backoff_cap_s", 60) * 1000)
-        self.wlan = network.WLAN(network.STA_IF)
-        if cfg.get("hostname"):
-            try:
-                network.hostname(cfg["hostname"])
-            except (AttributeError, ValueError, OSError):
-                pass
-
-    def isconnected(self):
-        return self.wlan.isconnected()
-
-    def rssi(self):
-        try:
-            return self.wlan.status("rssi")
-        except (ValueError, OSError, TypeError):
-            return None
-
-    async def up(self):
-        """Return once the station has an IP address; retries forever."""
-        attempt = 0
-        while not self.wlan.isconnected():
-            self.wlan.active(True)
-            if compat.PLATFORM == "rp2":
-                self.wlan.config(pm=0xA11140)  # Pico W: power saving off, steadier link
-            log(1, "WIFI connecting to", self.ssid)
-            try:
-                self.wlan.connect(self.ssid, self.password)
-            except OSError as exc:
-                log(0, "WIFI connect failed:", exc)
-            end = ticks_add(ticks_ms(), self.timeout_ms)
-            while not self.wlan.isconnected() and ticks_diff(end, ticks_ms()) > 0:
-                await asyncio.sleep_ms(200)
-            if self.wlan.isconnected():
-                break
-            try:
-                self.wlan.disconnect()
-            except OSError:
-                pass
-            delay = rand_below(min(self.cap_ms, self.base_ms << min(attempt, 16)) + 1)
-            attempt += 1
-            log(0, "WIFI not connected; retry in %d ms" % delay)
-            await asyncio.sleep_ms(delay)
-        log(1, "WIFI up", self.wlan.ifconfig()[0])
-
-
 class App:
     def __init__(self, cfg):
         self.cfg = cfg
         compat.LEVEL[0] = cfg.get("log_level", 1)
+        compat.STATE_FILE[0] = cfg.get("state_file")  # unix port: where a reset's loss is noted
+        if cfg.get("fault"):  # tests only: MemoryError at one allocation site (compat.fault)
+            compat.inject(cfg["fault"]["site"], cfg["fault"]["every"])
         self.trace = cfg.get("trace", False)
         self.t_start = ticks_ms()
         self.interval_ms = max(MIN_INTERVAL_MS, int(cfg.get("interval_s", 10) * 1000))
+        self.min_remote_s = max(MIN_REMOTE_INTERVAL_S, cfg.get("min_interval_s", 1))
         self.follow_gateway = cfg.get("follow_gateway_interval", True)
         self.sample_limit = cfg.get("sample_limit", 0)  # tests: stop sampling after N
         self.mem_every = cfg.get("trace_mem_every", 0)
         self.taken = 0
         self.beat = ticks_ms()  # sampler heartbeat for the watchdog
+        # The link first: its ring and frame buffer are the largest blocks, allocated
+        # once while the heap is still in one piece (the drivers import more code).
+        collect()
+        self.link = Link(cfg, (), {}, self.info)
         self.sensors, self.inputs, self.outputs = drivers.build(cfg)
         self.wifi = None
         if BOARD and cfg.get("wifi"):
-            self.wifi = Wifi(cfg["wifi"])
+            import wifi
+
+            self.wifi = wifi.Wifi(cfg["wifi"])
         metrics = []
         for s in self.sensors:
             metrics.extend(s.metrics)
-        self.link = Link(cfg, metrics, self.commands(), self.info, self.wifi)
+        self.link.sensors = metrics
+        self.link.commands = self.commands()
+        self.link.net = self.wifi
+        self.link.outputs = list(self.outputs)
         self.link.on_settings = self.on_settings
+        self.link.on_connected = self.on_connected
 
     # -- commands (declared in hello) -----------------------------------------------
 
     def commands(self):
-        cmds = {
-            "ping": (self.c_ping, "answer pong", {}),
-            "read_now": (self.c_read_now, "take a sample now and return it", {}),
-            "set_interval": (self.c_set_interval, "set the sampling interval",
-                             {"seconds": "interval in seconds"}),
-        }
+        """{name: handler} of the commands declared in hello (descriptions: hello.py)."""
+        cmds = {"ping": self.c_ping, "read_now": self.c_read_now, "set_interval": self.c_set_interval,
+                "ota": self.c_ota}
         if self.outputs:
-            names = ", ".join(self.outputs)
-            cmds["set"] = (self.c_set, "set an output",
-                           {"output": "one of: " + names, "value": "true/false, or 0..1 for pwm"})
-            cmds["toggle"] = (self.c_toggle, "toggle an output", {"output": "one of: " + names})
+            cmds["set"] = self.c_set
+            cmds["toggle"] = self.c_toggle
         return cmds
 
     async def c_ping(self, args):
         return "pong"
+
+    async def c_ota(self, args):
+        import ota
+
+        try:
+            value = ota.handle(args)
+        finally:
+            ws_unload("ota")
+        if isinstance(value, dict) and value.get("reboot"):
+            asyncio.create_task(self._reset_soon())  # after the result has gone out
+        return value
+
+    async def _reset_soon(self):
+        await asyncio.sleep_ms(1000)
+        log(0, "APP resetting for the update")
+        await self.link.stop()
+        compat.reset()
+
+    def on_connected(self):
+        """First welcome: an update on trial has reached the gateway, keep it."""
+        if compat.OTA_TRIAL:
+            import otaboot
+
+            try:
+                otaboot.confirm()
+                compat.OTA_LAST = otaboot.last()
+            finally:
+                ws_unload("otaboot")
+                ws_unload("ota")
+            compat.OTA_TRIAL = None
+
+    async def ota_trial(self):
+        # An update that cannot reach the gateway resets the board until otaboot rolls it back.
+        await asyncio.sleep_ms(int(self.cfg.get("ota_confirm_s", 300) * 1000))
+        if compat.OTA_TRIAL:
+            log(0, "OTA %s has not reached the gateway: resetting" % compat.OTA_TRIAL)
+            compat.reset()
 
     async def c_read_now(self, args):
         return await self.sample_once()
 
     async def c_set_interval(self, args):
         s = float(args["seconds"])
-        if not 0.001 <= s <= 86400:
-            raise ValueError("seconds must be between 0.001 and 86400")
+        if not self.min_remote_s <= s <= 86400:
+            raise ValueError("seconds must be between %s and 86400" % self.min_remote_s)
         self.interval_ms = int(s * 1000)
         return s
 
@@ -158,7 +154,8 @@ class App:
 
     def on_settings(self, settings):
         if self.follow_gateway and "interval_s" in settings:
-            self.interval_ms = max(MIN_INTERVAL_MS, int(float(settings["interval_s"]) * 1000))
+            s = max(self.min_remote_s, float(settings["interval_s"]))
+            self.interval_ms = int(s * 1000)
             log(1, "APP interval set by the gateway: %d ms" % self.interval_ms)
 
     def info(self):
@@ -169,6 +166,10 @@ class App:
             "platform": compat.PLATFORM,
             "sessions": self.link.sessions if hasattr(self, "link") else 0,
         }
+        if hasattr(self, "link") and self.link.lost_at_boot:
+            i["lost_at_boot"] = self.link.lost_at_boot
+        if compat.OTA_LAST:
+            i["firmware_update"] = compat.OTA_LAST
         if self.wifi is not None:
             r = self.wifi.rssi()
             if r is not None:
@@ -179,11 +180,21 @@ class App:
 
     async def sample_once(self):
         values = {}
-        for s in self.sensors:
-            try:
-                values.update(await s.read())
-            except Exception as exc:  # a flaky sensor skips one reading, no more
-                log(0, "SENSOR %s read failed: %r" % (s.metrics[0][0] if s.metrics else "?", exc))
+        try:
+            fault("sample")
+            for s in self.sensors:
+                try:
+                    values.update(await s.read())
+                except MemoryError:
+                    raise
+                except Exception as exc:  # a flaky sensor skips one reading, no more
+                    log(0, "SENSOR %s read failed: %r" % (s.metrics[0][0] if s.metrics else "?", exc))
+        except MemoryError:
+            # Taken but not kept: counted in `dropped`, never silently gone.
+            self.taken += 1
+            self.link.lose(1)
+            collect()
+            return {}
         if values:
             self.taken += 1
             self.link.add_sample(values)
@@ -195,10 +206,13 @@ class App:
         due = ticks_ms()
         while not self.sample_limit or self.taken < self.sample_limit:
             self.beat = ticks_ms()
-            await self.sample_once()
-            if self.mem_every and self.taken % self.mem_every == 0:
+            try:
+                await self.sample_once()
+                if self.mem_every and self.taken % self.mem_every == 0:
+                    collect()
+                    log(0, "MEM %d %d %d" % (self.taken, gc.mem_free(), gc.mem_alloc()))
+            except MemoryError:  # after the sample was counted (a log line): go on
                 collect()
-                log(0, "MEM %d %d %d" % (self.taken, gc.mem_free(), gc.mem_alloc()))
             due = ticks_add(due, self.interval_ms)
             wait = ticks_diff(due, ticks_ms())
             if wait < 0:  # fell behind (slow sensor): do not try to catch up
@@ -213,8 +227,11 @@ class App:
             for inp in self.inputs:
                 v = inp.poll()
                 if v is not None:
-                    log(1, "EVENT %s %s" % (inp.event, v))
                     self.link.add_event(inp.event, {"value": v})
+                    try:
+                        log(1, "EVENT %s %s" % (inp.event, v))
+                    except MemoryError:
+                        pass
             await asyncio.sleep_ms(period)
 
     async def watchdog(self):
@@ -238,6 +255,8 @@ class App:
         except AttributeError:
             pass
         link_task = asyncio.create_task(self.link.run())
+        if compat.OTA_TRIAL:
+            asyncio.create_task(self.ota_trial())
         if self.inputs:
             asyncio.create_task(self.poll_inputs())
         if BOARD and self.cfg.get("wdt_ms", 8000):
@@ -275,7 +294,8 @@ def run(cfg=None):
 
             import machine
 
-            log(0, "APP crashed; resetting in 10 s")
-            time.sleep(10)
+            # Well under the watchdog's shortest timeout (RP2040 max 8.3 s): the reset is ours.
+            log(0, "APP crashed; resetting in 2 s")
+            time.sleep(2)
             machine.reset()
         raise

@@ -1,66 +1,39 @@
 # iotgw firmware: device protocol v1 session over ws.py (docs/protocol.md).
 #
-# The Link owns the device's data path: samples go into a RAM ring (stamped
-# with ticks_ms), are batched into `readings` frames when connected, sent
-# pipelined (up to `window` frames in flight), and dropped only when the
-# gateway's cumulative `ack` covers them. After a reconnect the unacked frames
-# are resent in order, minus those welcome.last_seq says are stored.
+# The Link owns the device's data path: samples go into the outbox (outbox.py:
+# a ring sized in bytes, stamped with ticks_ms), are batched into `readings`
+# frames when connected, sent pipelined (up to `window` frames in flight), and
+# dropped only when the gateway's cumulative `ack` covers them. After a
+# reconnect the unacked frames are resent in order, minus those
+# welcome.last_seq says are stored.
+#
+# No silent loss: a MemoryError anywhere on the way (encoding a sample,
+# building a frame, sending it) either leaves the samples in the ring or counts
+# them in `dropped`; it ends at most the session, never the app.
 #
 # Link.run() is the supervisor loop: it keeps a session up, with exponential
 # backoff and full jitter between attempts, so the sampling code only ever
 # calls add_sample() / add_event() and never sees a network failure.
 import asyncio
 
+import compat
 import proto
 import ws as wsmod
-from compat import AGENT, collect, hexid, log, print_exception, rand_below, ticks_add, ticks_diff, ticks_ms
-from ring import Ring
+from compat import AGENT, collect, fault, hexid, log, print_exception, rand_below, ticks_add, ticks_diff, ticks_ms
+from outbox import Clock, Outbox
+from ring import EVENT
 
-ANCHOR_MAX_AGE_MS = 3600000  # re-anchor the clock hourly: ticks_diff is only valid over half a tick period
-
-
-class Clock:
-    """Gateway time (ms since the Unix epoch) from ticks_ms.
-
-    sync() anchors a tick count to welcome.server_time; ms(t) converts any
-    tick stamp t with ticks_diff, so tick wrap-around is harmless.
-    """
-
-    def __init__(self):
-        self.synced = False
-        self._t = 0
-        self._ms = 0
-        self.rtt = 0
-
-    def sync(self, server_ms, t_sent, t_rcvd):
-        # server_time was read somewhere between hello and welcome: assume the
-        # middle of the round trip (docs/protocol.md, "Values and time").
-        self.rtt = ticks_diff(t_rcvd, t_sent)
-        self._t = ticks_add(t_sent, self.rtt // 2)
-        self._ms = server_ms
-        self.synced = True
-
-    def ms(self, t):
-        return self._ms + ticks_diff(t, self._t)
-
-    def now(self):
-        return self.ms(ticks_ms())
-
-    def refresh(self):
-        """Move the anchor to now (same time base), keeping tick differences small."""
-        if self.synced and ticks_diff(ticks_ms(), self._t) > ANCHOR_MAX_AGE_MS:
-            t = ticks_ms()
-            self._ms += ticks_diff(t, self._t)
-            self._t = t
+DEFAULT_BUFFER_BYTES = 8192
 
 
 class Link:
     """Protocol v1 client for one device.
 
     cfg: the firmware config (see README.md); sensors: (metric, unit, kind)
-    tuples for hello; commands: {name: (async handler(args) -> value,
-    description, {arg: description})}; info: a function returning the
-    {key: value} health map for hello and status.
+    tuples for hello; commands: {name: async handler(args) -> value} (their
+    descriptions are in hello.py); info: a function returning the
+    {key: value} health map for hello and status. Set `outputs` (names) for
+    the descriptions of set/toggle.
     """
 
     def __init__(self, cfg, sensors=(), commands=None, info=None, net=None):
@@ -68,9 +41,13 @@ class Link:
         self.token = cfg.get("token")
         self.device = cfg.get("device")
         self.ca_file = cfg.get("ca_file")
-        self.window = cfg.get("window", 8)
+        self.insecure = cfg.get("tls_insecure", False)
+        self.ntp = cfg.get("ntp", "pool.ntp.org" if compat.BOARD else None)
+        # The gateway's resolved address, cached between sessions, and the DNS server.
+        self._addr = [None, cfg.get("dns")]
+        self.window = cfg.get("window", 4)
         self.batch = min(cfg.get("batch_samples", 50), proto.MAX_SAMPLES)
-        self.max_frame = min(cfg.get("max_frame_bytes", 16384), proto.MAX_FRAME_BYTES)
+        self.max_frame = min(cfg.get("max_frame_bytes", 2048), proto.MAX_FRAME_BYTES)
         self.max_message = cfg.get("max_message_bytes", 8192)
         self.status_ms = int(cfg.get("status_interval_s", 60) * 1000)
         self.silence_ms = int(cfg.get("silence_timeout_s", 60) * 1000)
@@ -82,18 +59,24 @@ class Link:
         self.replaced_ms = int(b.get("replaced_s", 60) * 1000)
         self.sensors = sensors
         self.commands = commands or {}
+        self.outputs = ()
         self.info = info or (lambda: {})
         self.net = net  # object with async up() and isconnected(), or None (unix port)
         self.on_settings = None  # called with welcome.settings
+        self.on_connected = None  # called at each welcome
         # A board loses its RAM buffer on reboot: new stream, new seq space.
         self.stream = "fw-" + hexid(8)
-        self.samples = Ring(cfg.get("buffer_samples", 256))  # (ticks, values_text, event_name|None)
-        self.frames = Ring(self.window)  # (seq, text, nsamples): built, not yet acked
-        self.next_seq = 1
+        # What a reset would lose (the ring's unacked samples), kept where it survives one
+        # (compat.save_state): the next boot counts it in `dropped` and reports it.
+        self._state = bytearray(24)
+        self.lost_at_boot = compat.lost_at_boot(self._state)
+        if self.lost_at_boot:
+            log(0, "BOOT lost %d unacked samples in the reset" % self.lost_at_boot)
+        self.clock = Clock()
+        self.out = Outbox(cfg.get("buffer_bytes", DEFAULT_BUFFER_BYTES), self.window,
+                          self.max_frame, self.batch, self.clock)
         self.acked = 0
         self.sent_seq = 0  # highest seq sent in the current session
-        self.clock = Clock()
-        self.refused = 0  # samples in frames the gateway refused (error)
         self.skipped = 0  # values skipped as invalid (bad name, NaN, ...)
         self.sessions = 0
         self.connected = False
@@ -102,54 +85,82 @@ class Link:
         self._rx_exc = None
         self._ws = None
         self._stopping = False
-        self._recent = Ring(8)  # (command id, result text): a redelivered command is not run twice
+        self._recent = []  # (command id, result text), last 8: a redelivered command is not run twice
 
     # -- what the application calls ---------------------------------------------
 
     def add_sample(self, values, t=None):
-        """Queue one sample ({metric: value}); returns False if nothing valid was in it."""
-        vj, skipped = proto.values_json(values)
-        self.skipped += skipped
-        if vj is None:
+        """Queue one sample ({metric: value}); returns False if it was not queued.
+
+        Never raises MemoryError: a sample that cannot be encoded or stored is
+        counted in `dropped` (one with no valid value at all is only `skipped`).
+        """
+        t = ticks_ms() if t is None else t
+        try:
+            fault("encode")
+            vj, skipped = proto.values_json(values)
+            self.skipped += skipped
+            if vj is None:
+                return False
+            ok = self.out.put(0, t, vj)
+        except MemoryError:
+            self.out.lost += 1
             return False
-        self.samples.put((ticks_ms() if t is None else t, vj, None))
         self._wake.set()
-        return True
+        self._save()
+        return ok
 
     def add_event(self, name, data=None, t=None):
-        """Queue one event (its own frame, same seq space as readings)."""
+        """Queue one event (its own frame, same seq space as readings); like add_sample."""
         if not proto.name_ok(name):
             return False
-        dj, skipped = proto.values_json(data or {}, allow_empty=True)
-        self.skipped += skipped
-        self.samples.put((ticks_ms() if t is None else t, dj, name))
+        t = ticks_ms() if t is None else t
+        try:
+            fault("encode")
+            dj, skipped = proto.values_json(data or {}, allow_empty=True)
+            self.skipped += skipped
+            ok = self.out.put(EVENT, t, '"%s","data":%s' % (name, dj))
+        except MemoryError:
+            self.out.lost += 1
+            return False
         self._wake.set()
-        return True
+        self._save()
+        return ok
+
+    def lose(self, n=1):
+        """Count n samples the application took but could not hand over (MemoryError)."""
+        self.out.lost += n
+
+    def _save(self):
+        compat.save_state(self._state, self.out.ring.count)
 
     @property
     def buffered(self):
-        n = len(self.samples)
-        for i in range(len(self.frames)):
-            n += self.frames.peek(i)[2]
-        return n
+        return self.out.buffered()
 
     @property
     def dropped(self):
-        return self.samples.dropped + self.refused
+        return self.out.dropped + self.lost_at_boot
+
+    @property
+    def next_seq(self):
+        return self.out.next_seq
 
     def idle(self):
         """True when every queued sample has been acknowledged."""
-        return not len(self.samples) and not len(self.frames)
+        return self.out.idle()
 
     def hello_text(self):
-        cmds = []
-        for name in self.commands:
-            c = self.commands[name]
-            cmds.append((name, c[1], c[2]))
-        return proto.hello(
-            self.stream, AGENT, self.acked, self.sensors, cmds,
-            self.buffered, self.dropped, self.info(), self.device,
-        )
+        import hello
+
+        try:
+            return hello.hello(
+                self.stream, AGENT, self.acked, self.sensors,
+                hello.describe(self.commands, self.outputs),
+                self.buffered, self.dropped, self.info(), self.device,
+            )
+        finally:
+            wsmod.unload("hello")
 
     def status_text(self):
         return proto.status(self.buffered, self.dropped, self.info())
@@ -179,6 +190,10 @@ class Link:
                     delay = self.long_ms
             except (OSError, EOFError, asyncio.TimeoutError) as exc:
                 log(1, "LINK down:", repr(exc))
+            except MemoryError:
+                # Sending may have stopped mid-frame: the session is over, the frames are
+                # still pinned in the ring and go again on the next one.
+                log(0, "LINK MemoryError: session ended; unacked frames will be resent")
             except Exception as exc:  # a bug: keep the device alive, say so loudly
                 log(0, "LINK error:")
                 print_exception(exc)
@@ -226,26 +241,56 @@ class Link:
         self._wake.set()
         ws = self._ws
         if ws is not None:
-            await ws.close(proto.NORMAL)
+            try:
+                await ws.close(proto.NORMAL)
+            except Exception:  # out of memory or a dead socket: drop it, nothing is pending
+                ws.abort()
 
     # -- one session ------------------------------------------------------------------
+
+    async def _tls(self):
+        """The TLS context for wss://: verified against ca_file once the clock is set."""
+        if self.insecure:
+            log(0, "LINK warning: tls_insecure, the gateway is not verified")
+            return False
+        if not self.ca_file:
+            raise wsmod.HandshakeError("wss:// without ca_file: set ca_file (or tls_insecure)", 0)
+        import timesync
+
+        try:
+            ok = await timesync.ensure(self.url, self.ntp, self._addr)
+        finally:
+            wsmod.unload("timesync")
+        if not ok:
+            raise OSError("clock not set: TLS cannot check the certificate yet")
+        return wsmod.ssl_context(self.ca_file)
 
     async def session(self):
         ctx = None
         if self.url.startswith("wss://"):
-            ctx = wsmod.ssl_context(self.ca_file)
-            if not self.ca_file:
-                log(0, "LINK warning: wss:// without ca_file, the gateway is not verified")
+            ctx = await self._tls()
         log(1, "LINK connecting to", self.url)
-        ws = await wsmod.connect(self.url, token=self.token, ssl=ctx, max_size=self.max_message)
+        # hello first, while the heap is in one piece: hello.py and wsopen.py are never
+        # loaded at the same time, and the handshake's leftovers cannot split its block.
+        collect()
+        hello = self.hello_text()
+        collect()
+        try:
+            ws = await wsmod.connect(self.url, token=self.token, ssl=ctx, max_size=self.max_message,
+                                     addr=self._addr)
+        except OSError:
+            self._addr[0] = None  # resolve again next time (the gateway may have moved)
+            raise
         self._ws = ws
         self.sessions += 1
         reader = None
         try:
             t0 = ticks_ms()
-            await ws.send(self.hello_text())
+            await ws.send(hello)
+            hello = None
             welcome = await asyncio.wait_for_ms(self._await_welcome(ws), 10000)
             self._on_welcome(welcome, t0, ticks_ms())
+            welcome = None  # not held for the whole session
             self._rx_exc = None
             reader = asyncio.create_task(self._reader(ws))
             await self._sender(ws)
@@ -275,24 +320,26 @@ class Link:
         self.clock.sync(int(msg["server_time"]), t0, t1)
         last = int(msg.get("last_seq", 0))
         # Frames the gateway has stored are done; the rest are resent in order.
-        while len(self.frames) and self.frames.peek()[0] <= last:
-            self.frames.get()
+        self.out.acked(last)
+        self._save()
         if last > self.acked:
             self.acked = last
-        if self.next_seq <= last:
-            self.next_seq = last + 1
+        if self.out.next_seq <= last:
+            self.out.next_seq = last + 1
         self.sent_seq = 0
         limits = msg.get("limits") or {}
         if "max_frame_bytes" in limits:
-            self.max_frame = min(self.max_frame, int(limits["max_frame_bytes"]))
+            self.out.max_frame = min(self.out.max_frame, int(limits["max_frame_bytes"]))
         if "max_samples" in limits:
-            self.batch = max(1, min(self.batch, int(limits["max_samples"])))
+            self.out.batch = max(1, min(self.out.batch, int(limits["max_samples"])))
         self.connected = True
         log(1, "LINK welcome device=%s last_seq=%d rtt=%d ms resend=%d"
-            % (msg.get("device"), last, self.clock.rtt, len(self.frames)))
+            % (msg.get("device"), last, self.clock.rtt, self.out.n))
         settings = msg.get("settings")
         if settings and self.on_settings is not None:
             self.on_settings(settings)
+        if self.on_connected is not None:
+            self.on_connected()
 
     def _decode(self, text):
         if not isinstance(text, str):
@@ -325,13 +372,13 @@ class Link:
 
     def _on_ack(self, seq):
         # Cumulative (docs/protocol.md step 4): everything <= seq is stored.
-        if seq >= self.next_seq:
-            log(0, "LINK ack %d for a frame never sent (next %d)" % (seq, self.next_seq))
-            seq = self.next_seq - 1
+        if seq >= self.out.next_seq:
+            log(0, "LINK ack %d for a frame never sent (next %d)" % (seq, self.out.next_seq))
+            seq = self.out.next_seq - 1
         if seq > self.acked:
             self.acked = seq
-        while len(self.frames) and self.frames.peek()[0] <= seq:
-            self.frames.get()
+        self.out.acked(seq)
+        self._save()
         self._wake.set()
 
     def _on_error(self, msg):
@@ -342,64 +389,60 @@ class Link:
             # Not stored again, but a well-behaved stream gets it covered by an ack.
             return
         # The frame was refused and nothing of it stored: resending cannot help.
-        for i in range(len(self.frames)):
-            f = self.frames.peek(i)
-            if f[0] == seq:
-                self.refused += f[2]
-                # Rebuild the ring without it, keeping the order.
-                keep = [self.frames.get() for _ in range(len(self.frames))]
-                for g in keep:
-                    if g[0] != seq:
-                        self.frames.put(g)
-                self._wake.set()
-                return
+        if self.out.refused(seq):
+            self._save()
+            self._wake.set()
 
     async def _on_command(self, ws, msg):
-        cid = str(msg.get("id", ""))
-        for i in range(len(self._recent)):
-            r = self._recent.peek(i)
-            if r[0] == cid:  # redelivered after a reconnect: answer, do not run again
-                await ws.send(r[1])
-                return
-        name = msg.get("name")
-        deadline = msg.get("deadline") or 0
-        cmd = self.commands.get(name)
-        log(1, "COMMAND", cid, name, msg.get("args"))
-        if cmd is None:
-            text = proto.result(cid, False, error="unknown command: %s" % name)
-        elif deadline and self.clock.synced and self.clock.now() > deadline:
-            text = proto.result(cid, False, error="deadline passed")
-        else:
-            try:
-                value = await cmd[0](msg.get("args") or {})
-                text = proto.result(cid, True, value)
-            except Exception as exc:
-                text = proto.result(cid, False, error="%s: %s" % (type(exc).__name__, exc))
-        self._recent.put((cid, text))
+        import command  # loaded per command (command.py)
+
+        try:
+            text = await command.run(self, msg)
+        finally:
+            wsmod.unload("command")
         await ws.send(text)
 
     async def _sender(self, ws):
         status_due = ticks_add(ticks_ms(), self.status_ms)  # hello carried the same info
+        out = self.out
         while True:
             if self._rx_exc is not None:
                 raise self._rx_exc
             if self._stopping:
                 return
-            frame = self._next_unsent()
-            if frame is None and len(self.frames) < self.window and len(self.samples):
-                frame = self._build_frame()
-                self.frames.put(frame)
-            if frame is not None:
-                await ws.send(frame[1])
-                self.sent_seq = frame[0]
-                frame = None
+            text = None
+            try:
+                i = out.first_unsent(self.sent_seq)
+                if i >= 0:
+                    seq = out.seqs[i]
+                    text = out.rebuild(i)
+                elif out.can_build():
+                    seq, text = out.build_next()
+                    if self.trace:
+                        log(0, "FRAME %d %d" % (seq, out.nrecs[out.n - 1]))
+            except MemoryError:
+                # Nothing was sent and nothing pinned or spent: the samples wait in the ring.
+                log(0, "LINK MemoryError building a frame; retrying")
+                collect()
+                await asyncio.sleep_ms(100)
+                continue
+            if text is not None:
+                # A MemoryError inside send() may leave half a frame on the wire: it ends the
+                # session (the supervisor reconnects) and the frame is sent again.
+                await ws.send_text(text)
+                self.sent_seq = seq
                 continue
             now = ticks_ms()
             if ticks_diff(now, status_due) >= 0:
                 status_due = ticks_add(now, self.status_ms)
                 self.clock.refresh()
                 collect()
-                await ws.send(self.status_text())
+                try:
+                    st = self.status_text()
+                except MemoryError:
+                    st = None  # the next one will tell
+                if st is not None:
+                    await ws.send(st)
                 continue
             if ticks_diff(now, ws.last_rx) > self.silence_ms:
                 # The gateway pings every 20 s: this much silence is a dead link.
@@ -411,37 +454,3 @@ class Link:
                 await asyncio.wait_for_ms(self._wake.wait(), 1000)
             except asyncio.TimeoutError:
                 pass
-
-    def _next_unsent(self):
-        for i in range(len(self.frames)):
-            f = self.frames.peek(i)
-            if f[0] > self.sent_seq:
-                return f
-        return None
-
-    def _build_frame(self):
-        """Take the oldest samples (or one event) off the ring as one frame."""
-        seq = self.next_seq
-        self.next_seq += 1
-        t, vj, name = self.samples.peek()
-        if name is not None:
-            self.samples.get()
-            text = proto.event(seq, self.clock.ms(t), name, vj)
-            if self.trace:
-                log(0, "FRAME %d 1" % seq)
-            return (seq, text, 1)
-        batch = []
-        size = proto.READINGS_OVERHEAD
-        while len(self.samples) and len(batch) < self.batch:
-            t, vj, name = self.samples.peek()
-            if name is not None:
-                break
-            n = proto.sample_size(vj)
-            if batch and size + n > self.max_frame:
-                break
-            self.samples.get()
-            batch.append((self.clock.ms(t), vj))
-            size += n
-        if self.trace:
-            log(0, "FRAME %d %d" % (seq, len(batch)))
-        return (seq, proto.readings(seq, batch), len(batch))

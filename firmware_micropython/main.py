@@ -1,5 +1,20 @@
 # iotgw firmware entry point: runs after boot.py on a board; on the unix port
 #   IOTGW_CONFIG=config.json micropython main.py     (or: micropython main.py config.json)
-import app
+import sys
+
+import compat
+
+if "/" in __file__:  # the unix port runs /path/to/main.py: the firmware lives beside it
+    compat.ROOT = __file__.rsplit("/", 1)[0] + "/"
+import otaboot  # noqa: E402  (apply or roll back an update before the app is imported)
+
+state = (compat.ROOT, otaboot.boot(), otaboot.last())
+# The update may have replaced compat.py itself: forget what was loaded before it.
+del sys.modules["otaboot"], sys.modules["ota"], sys.modules["compat"], otaboot, compat
+import compat  # noqa: E402
+
+compat.ROOT, compat.OTA_TRIAL, compat.OTA_LAST = state
+del state
+import app  # noqa: E402
 
 app.run()

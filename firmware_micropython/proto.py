@@ -1,8 +1,10 @@
 # iotgw firmware: device protocol v1 encoder (docs/protocol.md).
 #
 # Plain functions, no I/O: text in, text out. The gateway's codec
-# (gateway/protocol) is the reference; tests/firmware/test_vectors.py checks
-# that the gateway decodes everything built here to the expected message.
+# (iotgw_common/protocol) is the reference; tests/firmware/test_proto.py checks
+# that the gateway decodes everything the firmware builds to the expected
+# message. `readings` and `event` frames are rendered by outbox.py straight from
+# the ring, `hello` by hello.py (loaded once per session).
 import json
 
 PROTOCOL = 1
@@ -27,9 +29,10 @@ DEVICE_MISMATCH = 4001
 HELLO_TIMEOUT = 4002
 DEVICE_REMOVED = 4003
 UNSUPPORTED_PROTOCOL = 4004
+TOKEN_REVOKED = 4005
 
 # "configuration must change": retry only after the long delay (5 min).
-CONFIG_CLOSES = (DEVICE_MISMATCH, DEVICE_REMOVED, UNSUPPORTED_PROTOCOL)
+CONFIG_CLOSES = (DEVICE_MISMATCH, DEVICE_REMOVED, UNSUPPORTED_PROTOCOL, TOKEN_REVOKED)
 
 _FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _REST = _FIRST + "0123456789_.:-"
@@ -105,108 +108,6 @@ def _info_json(info):
 
 def _str(s, limit=MAX_STRING_LENGTH):
     return json.dumps(str(s)[:limit])
-
-
-def hello(stream, agent, last_acked=0, sensors=(), commands=(), buffered=0, dropped=0,
-          info=None, device=None, protocol=PROTOCOL):
-    """Text of `hello`. sensors: (metric, unit, kind) tuples or dicts;
-    commands: (name, description, {arg: description}) tuples or dicts."""
-    parts = [
-        '{"type":"hello","stream":', json.dumps(stream),
-        ',"agent":', _str(agent),
-        ',"protocol":%d' % protocol,
-    ]
-    if device:
-        parts.append(',"device":')
-        parts.append(json.dumps(device))
-    parts.append(',"last_acked":%d,"buffered":%d,"dropped":%d' % (last_acked, buffered, dropped))
-    parts.append(',"sensors":[')
-    first = True
-    for s in sensors:
-        if isinstance(s, dict):
-            s = (s["metric"], s.get("unit", ""), s.get("kind", ""))
-        if not name_ok(s[0]):
-            continue
-        parts.append(("" if first else ",") + '{"metric":"' + s[0] + '"')
-        if s[1]:
-            parts.append(',"unit":' + _str(s[1]))
-        if len(s) > 2 and s[2]:
-            parts.append(',"kind":' + _str(s[2]))
-        parts.append("}")
-        first = False
-    parts.append('],"commands":[')
-    first = True
-    for c in commands:
-        if isinstance(c, dict):
-            c = (c["name"], c.get("description", ""), c.get("args", {}))
-        if not name_ok(c[0]):
-            continue
-        parts.append(("" if first else ",") + '{"name":"' + c[0] + '"')
-        if c[1]:
-            parts.append(',"description":' + _str(c[1]))
-        if c[2]:
-            args = c[2]
-            parts.append(',"args":{' + ",".join(
-                '"' + a + '":' + _str(args[a]) for a in args if name_ok(a)) + "}")
-        parts.append("}")
-        first = False
-    parts.append('],"info":')
-    parts.append(_info_json(info or {}))
-    parts.append("}")
-    return "".join(parts)
-
-
-def readings(seq, samples):
-    """Text of `readings`; samples: (ts_ms, values_text) pairs, values_text
-    from values_json()."""
-    parts = ['{"type":"readings","seq":%d,"samples":[' % seq]
-    first = True
-    for ts, vj in samples:
-        parts.append(('{"ts":%d,"values":' if first else ',{"ts":%d,"values":') % ts)
-        parts.append(vj)
-        parts.append("}")
-        first = False
-    parts.append("]}")
-    return "".join(parts)
-
-
-def sample_size(vj):
-    """Bytes a sample adds to a readings frame (ts of 13 digits)."""
-    return len(vj) + 28
-
-
-READINGS_OVERHEAD = 48  # '{"type":"readings","seq":<16 digits>,"samples":[]}'
-
-
-def event(seq, ts, name, data_text="{}"):
-    return '{"type":"event","seq":%d,"ts":%d,"name":"%s","data":%s}' % (seq, ts, name, data_text)
-
-
-def result(cid, ok, value=None, error=None):
-    parts = ['{"type":"result","id":', _str(cid), ',"ok":', "true" if ok else "false"]
-    if value is not None:
-        try:
-            vj = _any_json(value)
-        except (TypeError, ValueError):
-            vj = _str(value)
-        parts.append(',"value":')
-        parts.append(vj)
-    if error is not None:
-        parts.append(',"error":')
-        parts.append(_str(error))
-    parts.append("}")
-    return "".join(parts)
-
-
-def _any_json(v):
-    # result.value is free-form JSON, but never NaN/Infinity (not JSON).
-    if isinstance(v, float) and (v != v or v == _INF or v == -_INF):
-        return "null"
-    if isinstance(v, dict):
-        return "{" + ",".join(json.dumps(str(k)) + ":" + _any_json(v[k]) for k in v) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_any_json(x) for x in v) + "]"
-    return json.dumps(v)
 
 
 def status(buffered, dropped, info=None):

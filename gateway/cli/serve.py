@@ -3,12 +3,19 @@
 Under systemd (``Type=notify``, systemd/iotgw.service) it says ``READY=1`` once
 the device plane listens and feeds the watchdog from the event loop, so a stuck
 loop gets the service restarted. The gateway itself is wired in gateway/app.py.
+
+With ``[tls] cert``/``key`` both ports serve TLS, and SIGHUP reloads the pair for new
+connections. Without them, a plane bound beyond loopback gets a loud warning at start
+(log and stderr): tokens would cross the network in clear text (docs/security.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import logging
+import socket
 import sys
 from typing import Any
 
@@ -17,6 +24,8 @@ import msgspec
 from gateway import __version__
 from gateway.cli.common import config_from_args
 from gateway.config import env_names
+
+log = logging.getLogger(__name__)
 
 
 def add_serve_command(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -38,8 +47,9 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.integrations.sink import DeliveryStartError
     from iotgw_common import sdnotify
     from iotgw_common.logs import setup_logging
+    from iotgw_common.tls import TlsError
 
-    config = config_from_args(args)
+    config = config_from_args(args, demo=False)  # serve IS the gateway: no demo config
     if args.host is not None:
         config.device.host = args.host
     if args.port is not None:
@@ -61,6 +71,8 @@ def serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         gateway = Gateway(config)
         await gateway.start()
+        _warn_cleartext(gateway)  # loud: log and stderr (docs/security.md)
+        _reload_tls_on_sighup(gateway)
         if gateway.api is not None:
             print(
                 f"operator API at {gateway.api.url} (OpenAPI: {gateway.api.url}/api/v1/openapi.json)",
@@ -79,7 +91,105 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except DeliveryStartError as exc:
+    except (DeliveryStartError, TlsError) as exc:
         print(f"iotgw: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        print(f"iotgw: {_bind_failure(exc, config)}", file=sys.stderr)
+        return 2
     return 0
+
+
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+
+
+def _bind_failure(exc: OSError, config: Any) -> str:
+    """Which port could not be had, and what to do about it (no traceback)."""
+    planes = [
+        ("device plane", config.device.host, config.device.port, "--port or [device] port"),
+    ]
+    if config.api.enabled:
+        planes.append(("operator API", config.api.host, config.api.port, "--api-port or [api] port"))
+    taken = [p for p in planes if p[2] and not _can_bind(p[1], p[2])] or planes
+    reason = {
+        errno.EADDRINUSE: "the address is already in use (another gateway, or `iotgw demo`, running?)",
+        errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        errno.EADDRNOTAVAIL: "that address is not one of this machine's",
+    }[exc.errno or 0]
+    where = "; ".join(
+        f"the {name} on {host}:{port} (change it with {how})" for name, host, port, how in taken
+    )
+    return f"cannot listen: {reason}: {where}. `ss -ltnp` shows who holds a port"
+
+
+def _can_bind(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _warn_cleartext(gateway: Any) -> None:
+    """Warn, in the log and on stderr, for each plane the started ``gateway`` serves in clear
+    text on a non-loopback address (0.0.0.0 included)."""
+    from iotgw_common.tls import is_loopback
+
+    config = gateway.config
+    if gateway.tls is not None:
+        return
+    planes = [
+        (
+            "device plane",
+            "ws://",
+            config.device.host,
+            gateway.devices.port,
+            "device tokens, readings and commands",
+        )
+    ]
+    if gateway.api is not None and gateway.api.server is not None:
+        api_port = gateway.api.server.port
+        planes.append(("operator API", "http://", config.api.host, api_port, "operator tokens and commands"))
+    for name, scheme, host, port, what in planes:
+        if is_loopback(host):
+            continue
+        message = (
+            f"SECURITY WARNING: the {name} serves {scheme} (clear text) on {host or '*'}:{port}, reachable "
+            f"from other machines: {what} cross the network readable and alterable by anyone on the path. "
+            "Set [tls] cert and key (iotgw tls init-ca / issue), or bind 127.0.0.1 behind a TLS reverse "
+            "proxy: docs/security.md"
+        )
+        log.warning("%s", message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def _reload_tls_on_sighup(gateway: Any) -> None:
+    """SIGHUP: load ``[tls] cert``/``key`` again into the context both ports use.
+
+    New connections get the new certificate; open ones keep theirs. A pair that does
+    not load is logged and the running one stays. Without TLS, SIGHUP is logged and ignored
+    (rather than ending the process, its default).
+    """
+    import signal
+
+    from iotgw_common.tls import TlsError, reload_server_context
+
+    settings = gateway.config.tls
+
+    def reload() -> None:
+        if gateway.tls is None:
+            log.info("SIGHUP: no [tls] certificate configured, nothing to reload")
+            return
+        try:
+            reload_server_context(gateway.tls, settings.cert, settings.key)
+        except TlsError as exc:
+            log.error("SIGHUP: TLS certificate not reloaded, the previous one stays in use: %s", exc)
+            return
+        log.info("SIGHUP: TLS certificate reloaded from %s (new connections use it)", settings.cert)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

@@ -6,7 +6,7 @@ to its ``SessionMachine`` (gateway/device/session.py, where the session rules
 live) and carries out what the machine decides: send a reply, submit to the
 group committer, hand a result to the command service, close. Acks come from
 the device's ``StreamState`` after each commit and leave through the fast path
-of ``DeviceSession.send_ack``.
+of ``AckWriter`` (gateway/device/acks.py).
 
 Others hear about sessions through observers registered on the server
 (``DeviceServer.observers``, ``DeviceServer.presence_observers``); the
@@ -20,6 +20,8 @@ import functools
 import http
 import logging
 import sqlite3
+import ssl
+import time
 import weakref
 from collections.abc import Callable
 from typing import Protocol
@@ -27,17 +29,29 @@ from typing import Protocol
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from gateway.config import DeviceSettings
-from gateway.device.session import Close, HelloAccepted, MetaUpdate, Output, Refusal, SessionMachine
+from gateway.device.acks import AckWriter
+from gateway.device.admission import AddressLimiter, counted_connection, too_many_connections
+from gateway.device.quotas import QUOTA_CODES, QuotaBook
+from gateway.device.revocation import Admission, RevocationWatch, admit, closing, recheck
+from gateway.device.session import (
+    Close,
+    HelloAccepted,
+    MetaUpdate,
+    NewNames,
+    Output,
+    Refusal,
+    SessionMachine,
+    SessionState,
+)  # fmt: skip
 from gateway.device.streams import StreamState
-from gateway.store import registry
+from gateway.store import names, registry
 from gateway.store.registry import DeviceRecord
-from gateway.store.writer import GroupCommitter
+from gateway.store.writer import DeviceRevoked, GroupCommitter
 from gateway.tokens import bearer_token
 from iotgw_common.clock import now_ms
-from iotgw_common.protocol import Ack, CloseCode, Command, Event, Hello, Readings, Result, encode
+from iotgw_common.protocol import CloseCode, Command, Event, Hello, Readings, Result, encode
 from iotgw_common.protocol.messages import HARD_FRAME_BYTES
 
 log = logging.getLogger(__name__)
@@ -81,23 +95,37 @@ class DeviceServer:
         self._streams: dict[int, StreamState] = {}
         self.sessions: dict[int, DeviceSession] = {}
         """Device id -> the connection that holds the device (the newest one)."""
-        # device records found by the handshake, handed to the handler by connection id
-        self._authenticated: weakref.WeakKeyDictionary[ServerConnection, DeviceRecord] = (
+        # what the handshake found (device, token hash, watermark), handed to the handler
+        self._authenticated: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
             weakref.WeakKeyDictionary()
         )
+        self._revocations = RevocationWatch(conn, self._revoked)
         self._online: set[int] = set()  # device ids reported online to the presence observers
         self.port: int = settings.port
         self.refused_handshakes = 0
         self.observers: list[SessionObserver] = []
         self.presence_observers: list[PresenceObserver] = []
+        self.removal_observers: list[Callable[[int], None]] = []
+        """``observer(device_id)``: the device was removed from the registry (its commands fail)."""
+        self.quotas = QuotaBook(settings, time.monotonic)
+        """Each device's rate bucket and names (gateway/device/quotas.py), across its connections."""
+        self.addresses = AddressLimiter(settings.max_connections_per_address, settings.exempt_networks())
+        """Open connections per source address (gateway/device/admission.py)."""
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen on ``settings.host:port``; ``ssl_context`` (iotgw_common.tls) serves ``wss://``.
+
+        The context stays in use for every later handshake, so loading a new certificate
+        into it (``tls.reload_server_context``) takes effect for new connections.
+        """
         s = self.settings
         self._server = await serve(
             self._handle,
             s.host,
             s.port,
+            ssl=ssl_context,
             process_request=self._authenticate,
+            create_connection=counted_connection(self.addresses),
             compression=None,  # boards cannot inflate; deflate costs ~8 us a frame
             open_timeout=s.open_timeout,
             ping_interval=s.ping_interval,
@@ -113,9 +141,11 @@ class DeviceServer:
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self._revocations.start()
 
     async def stop(self) -> None:
         """Stop accepting, tell every device it is going away (1001), wait for them."""
+        await self._revocations.stop()
         if self._server is None:
             return
         self._server.close(close_connections=True, code=CloseCode.GOING_AWAY, reason="gateway shutting down")
@@ -129,6 +159,9 @@ class DeviceServer:
     # -- handshake ----------------------------------------------------------------------
 
     def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        if getattr(connection, "over_quota", False):  # before the token lookup: no store read
+            self.refused_handshakes += 1
+            return too_many_connections(connection, self.addresses.limit)
         path = request.path.split("?", 1)[0]
         if path != DEVICE_PATH:
             self.refused_handshakes += 1
@@ -138,10 +171,10 @@ class DeviceServer:
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             return self._unauthorized(connection, "missing or malformed 'Authorization: Bearer <token>'\n")
-        record = registry.find_by_token(self._conn, token)
-        if record is None:
+        admission = admit(self._conn, token)
+        if admission is None:
             return self._unauthorized(connection, "unknown device token\n")
-        self._authenticated[connection] = record
+        self._authenticated[connection] = admission
         return None
 
     def _unauthorized(self, connection: ServerConnection, text: str) -> Response:
@@ -153,18 +186,21 @@ class DeviceServer:
     # -- sessions -----------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        record = self._authenticated.pop(connection)
+        admission = self._authenticated.pop(connection)
+        record = admission.record
         previous = self.sessions.get(record.id)
-        if previous is not None:
+        if previous is not None:  # it stops submitting now, before this one waits for the drain
             log.warning("device %s: a new connection replaces the one from %s", record.name, previous.peer)
-            previous.close(CloseCode.REPLACED, "replaced by a newer connection")
-        session = DeviceSession(self, connection, record)
+            previous.end(CloseCode.REPLACED, "replaced by a newer connection")
+        quotas = self.quotas.hold(record.id, functools.partial(names.load, self._conn, record.id))
+        session = DeviceSession(self, connection, record, admission.token_hash, admission.watermark)
         self.sessions[record.id] = session
         try:
             await session.run()
         finally:
             if self.sessions.get(record.id) is session:
                 del self.sessions[record.id]
+            self.quotas.release(quotas)
 
     async def open_stream(self, record: DeviceRecord, stream: str) -> StreamState:
         """The device's stream state for ``stream``, once every earlier frame has settled.
@@ -183,11 +219,22 @@ class DeviceServer:
                 return state
             if state.failed:
                 self._committer.reset_device(record.id)
-        fresh = registry.find_by_id(self._conn, record.id) or record
-        committed = fresh.last_seq if fresh.stream == stream else 0
-        state = StreamState(record.id, stream, committed)
+        # the stream's stored position, also for a stream the device used before another one
+        state = StreamState(record.id, stream, registry.stream_position(self._conn, record.id, stream))
         self._streams[record.id] = state
         return state
+
+    def _revoked(self, log_id: int, device_id: int, kind: str) -> None:
+        """The revocation watch found a removal or rotation: end the session it applies to."""
+        session = self.sessions.get(device_id)
+        if session is not None and session.watermark < log_id:
+            code, reason = closing(kind)
+            log.warning("device %s: %s; closing its session with %d", session.record.name, reason, code)
+            session.end(code, reason)
+        if kind == registry.REMOVED:
+            self._streams.pop(device_id, None)
+            for observer in self.removal_observers:
+                observer(device_id)
 
     def _session_ready(self, session: DeviceSession, hello: Hello) -> None:
         for observer in self.observers:
@@ -211,19 +258,25 @@ class DeviceServer:
 class DeviceSession:
     """One authenticated connection: the I/O around its ``SessionMachine``, acks, commands."""
 
-    def __init__(self, server: DeviceServer, connection: ServerConnection, record: DeviceRecord) -> None:
+    def __init__(
+        self, server: DeviceServer, connection: ServerConnection, record: DeviceRecord, token_hash: str = "",
+        watermark: int = 0,
+    ) -> None:  # fmt: skip
         self.server = server
         self.connection = connection
         self.record = record
+        self.token_hash = token_hash
+        self.watermark = watermark
+        """Revocation log id the token was last checked at; a later revocation ends the session."""
         self.peer = _peer(connection)
-        self.machine = SessionMachine(server.settings, record.name, clock=now_ms)
+        self.machine = SessionMachine(
+            server.settings, record.name, clock=now_ms, quotas=server.quotas.get(record.id)
+        )
+        self.quota_refusals = 0
         self.stream: StreamState | None = None
         """The device's stream, from ``welcome`` on."""
-        self._ack_seq = 0
-        self._sent_ack = 0
-        self._ack_scheduled = False
-        self._ack_task: asyncio.Task[None] | None = None  # only while an ack waits for the socket
         self._loop = asyncio.get_running_loop()
+        self.acks = AckWriter(connection, self._loop)
         self._closing = False
         self._close_task: asyncio.Future[None] | None = None
 
@@ -235,8 +288,7 @@ class DeviceSession:
         except ConnectionClosed:
             pass
         finally:
-            if self._ack_task is not None:
-                self._ack_task.cancel()
+            self.acks.cancel()
             self.server._session_closed(self)
             if self.stream is not None and self.stream.target is self:
                 self.stream.target = None
@@ -251,6 +303,12 @@ class DeviceSession:
             self._closing = True
             self._close_task = asyncio.ensure_future(self.connection.close(code, reason))
 
+    def end(self, code: CloseCode, reason: str) -> None:
+        """Stop at once (replaced, revoked): nothing the connection sends from now on is
+        submitted or acted on (the machine drops it), then close with ``code``."""
+        self.machine.state = SessionState.CLOSED
+        self.close(code, reason)
+
     async def send_command(self, command: Command) -> None:
         """Send a ``command`` frame on this connection; raises ``ConnectionClosed`` if it is gone.
 
@@ -258,55 +316,17 @@ class DeviceSession:
         """
         await self.connection.send(encode(command), text=True)
 
-    # -- AckTarget ------------------------------------------------------------------
+    # -- AckTarget (told by the device's StreamState) ---------------------------------
 
     def send_ack(self, seq: int) -> None:
-        self._ack_seq = seq
-        if not self._ack_scheduled:
-            # runs after the committer's callback has handled every frame of this commit,
-            # so a device gets one ack per commit (acks coalesce)
-            self._ack_scheduled = True
-            self._loop.call_soon(self._flush_ack)
-
-    def _flush_ack(self) -> None:
-        """Write the latest ack at once if the socket takes it; else let ``_send_acks`` send it.
-
-        No task waits for acks while the socket keeps up: an idle connection costs no task.
-
-        The direct path is what ``send()`` does minus its task switch and flow-control wait,
-        taken only while the connection is open with nothing left in the write buffer, so
-        there is nothing to wait for (bench/: about a tenth of the event loop's time).
-        """
-        self._ack_scheduled = False
-        seq = self._ack_seq
-        if seq <= self._sent_ack:
-            return
-        conn = self.connection
-        transport = conn.transport
-        if (
-            conn.protocol.state is State.OPEN
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() == 0
-            and getattr(conn, "send_in_progress", None) is None  # no fragmented send (never here)
-        ):
-            self._sent_ack = seq
-            conn.protocol.send_text(encode(Ack(seq=seq)))
-            conn.send_data()
-        elif self._ack_task is None or self._ack_task.done():
-            self._ack_task = asyncio.create_task(self._send_acks())
+        self.acks.send(seq)
 
     def commit_failed(self, error: BaseException) -> None:
+        if isinstance(error, DeviceRevoked):  # the committer saw the revocation first
+            self.end(*closing(error.kind))
+            return
         decision = self.machine.commit_failed()
         self.close(decision.code, decision.reason)
-
-    async def _send_acks(self) -> None:
-        """Send the latest cumulative ack through ``send()`` (flow control) until none is newer."""
-        while self._ack_seq > self._sent_ack:
-            seq = self._sent_ack = self._ack_seq
-            try:
-                await self.connection.send(encode(Ack(seq=seq)), text=True)
-            except ConnectionClosed:
-                return
 
     # -- receive loop -----------------------------------------------------------------
 
@@ -328,13 +348,22 @@ class DeviceSession:
 
     async def _welcome(self, hello: Hello) -> bool:
         record = self.record
-        stream = await self.server.open_stream(record, hello.stream)
-        if self.server.sessions.get(record.id) is not self:
-            return False  # replaced while waiting for the previous frames to settle
+        server = self.server
+        stream = await server.open_stream(record, hello.stream)
+        if not self._closing:  # the token may have been revoked since the handshake
+            self.watermark, revoked = recheck(server._conn, record.id, self.token_hash)
+            if revoked is not None:
+                log.warning("device %s: %s; closing with %d", record.name, revoked[1], revoked[0])
+                self.end(*revoked)
+        if self._closing or server.sessions.get(record.id) is not self:
+            if self._close_task is not None:  # replaced or revoked while waiting for the drain
+                await self._close_task
+            return False
+        server.committer.admit(record.id, self.watermark)
         greeting = self.machine.welcome(stream)
         stream.target = self
         self.stream = stream
-        self._sent_ack = stream.committed
+        self.acks.sent = stream.committed
         self.server.committer.submit_meta(record.id, **greeting.meta)
         await self.connection.send(greeting.frame, text=True)
         self.server._session_ready(self, hello)
@@ -355,8 +384,11 @@ class DeviceSession:
         recv = self.connection.recv
         receive_frame = self.machine.receive_frame
         device_id = self.record.id
+        rate = self.machine.quotas.rate
         while True:
             await wait_for_room()
+            if rate.tokens < 0:  # over its readings rate: stop reading, TCP slows the device
+                await asyncio.sleep(rate.pause())
             decision = receive_frame(await recv(decode=False))
             if type(decision) is Readings or type(decision) is Event:
                 submit(stream, device_id, name, decision)
@@ -367,7 +399,11 @@ class DeviceSession:
         """Do what the machine decided (other than a data frame); False once the connection ends."""
         if isinstance(decision, Refusal):
             exc = decision.error
-            log.info("device %s: refused frame: %s (seq %s)", self.record.name, exc, exc.seq)
+            level = logging.INFO
+            if exc.code in QUOTA_CODES:  # may repeat for every frame: warn once per connection
+                self.quota_refusals += 1
+                level = logging.WARNING if self.quota_refusals == 1 else logging.DEBUG
+            log.log(level, "device %s: refused frame: %s (seq %s)", self.record.name, exc, exc.seq)
             await self.connection.send(decision.frame, text=True)
             if decision.close is None:
                 return True
@@ -379,12 +415,34 @@ class DeviceSession:
                 self._closing = True
                 await self.connection.close(decision.code, decision.reason)
             return False
+        if isinstance(decision, NewNames):
+            return await self._submit_with_names(decision)
         if isinstance(decision, MetaUpdate):
             self.server.committer.submit_meta(self.record.id, **decision.fields)
         elif isinstance(decision, Result):
             for observer in self.server.observers:
                 observer.result_received(self, decision)
         return True  # None: a close is under way; keep reading until the connection ends
+
+    async def _submit_with_names(self, decision: NewNames) -> bool:
+        """Store the frame's new names, then submit it: the stored names cover every stored frame."""
+        stream, known = self.stream, self.machine.quotas.names
+        assert stream is not None and known is not None
+        metrics, events = decision.metrics or (), () if decision.event is None else (decision.event,)
+        store = functools.partial(
+            names.add, device_id=self.record.id, metrics=metrics, events=events, now_ms=now_ms()
+        )
+        try:
+            await self.server.committer.call(store)
+        except Exception as exc:  # a disk error: the accepted frame fails like a failed commit
+            known.forget(decision.metrics, decision.event)
+            stream.on_commit_failed(exc)
+            return False
+        if self.machine.state is SessionState.CLOSED:  # replaced or revoked meanwhile: not stored
+            stream.on_commit_failed(RuntimeError("the session ended"))
+            return True
+        self.server.committer.submit(stream, self.record.id, stream.stream, decision.message)
+        return True
 
 
 def _settle(future: asyncio.Future[None]) -> None:

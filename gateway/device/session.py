@@ -32,6 +32,12 @@ output                    the I/O layer must
                           the ack comes later from the stream, after the commit.
 ``MetaUpdate``            ``committer.submit_meta(device_id, **update.fields)``.
 ``Result``                hand it to the command service (observers' ``result_received``).
+``NewNames``              a data frame that brings metric or event names the device never
+                          sent (within its quotas, gateway/device/quotas.py): store the
+                          names (``gateway.store.names.add`` through ``committer.call``)
+                          and wait for that, then submit ``new_names.message`` as above;
+                          if the names cannot be stored, ``quotas.names.forget`` them and
+                          fail the frame (``stream.on_commit_failed``).
 ``Refusal``               send ``refusal.frame`` (an encoded ``error``) as a text frame;
                           then, if ``refusal.close`` is set, close with it, stop reading.
 ``Close``                 close the connection with ``code`` and ``reason``; stop reading.
@@ -49,19 +55,30 @@ The I/O layer also owns the hello timer: it reads frames with a deadline of
 what it returns. When the group committer fails a frame of the stream, it calls
 ``commit_failed()`` and closes likewise.
 
-A valid ``readings`` frame costs one decode, the clock-skew check, ``accept``
-and no allocation of the machine's own; the caller adds one ``submit``.
+Quotas (gateway/device/quotas.py): every frame in OPEN is charged to the
+device's ``RateBucket`` (a readings frame its samples, any other frame 1); the
+I/O layer must not read the next frame while ``quotas.rate.pause()`` is above 0.
+A data frame that would take the device past a name quota is refused with
+``too_many_metrics`` or ``too_many_event_names``; those refusals neither count
+toward nor reset ``max_refused_in_row`` (the frame is valid, and the device's
+frames with known names keep being stored).
+
+A valid ``readings`` frame with known names costs one decode, the rate charge,
+the clock-skew check, one set test per sample, ``accept`` and no allocation of
+the machine's own; the caller adds one ``submit``.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
+from gateway.device.quotas import QUOTA_CODES, DeviceQuotas, QuotaSettings, fresh_quotas
 from gateway.device.streams import StreamState
 from iotgw_common.protocol import (
     PROTOCOL_VERSION,
@@ -80,7 +97,13 @@ from iotgw_common.protocol import (
     decode_device_message,
     encode,
 )
-from iotgw_common.protocol.messages import MAX_FRAME_BYTES, MAX_SAMPLES, MAX_STRING_LENGTH, MAX_VALUES
+from iotgw_common.protocol.messages import (
+    MAX_FRAME_BYTES,
+    MAX_NESTING_DEPTH,
+    MAX_SAMPLES,
+    MAX_STRING_LENGTH,
+    MAX_VALUES,
+)
 
 
 class SessionState(enum.Enum):
@@ -128,6 +151,15 @@ class HelloAccepted:
 
 
 @dataclass(frozen=True, slots=True)
+class NewNames:
+    """An accepted data frame with names new to the device: store them, then submit ``message``."""
+
+    message: Readings | Event
+    metrics: set[str] | None
+    event: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class MetaUpdate:
     """Device metadata to store: ``committer.submit_meta(device_id, **fields)``."""
 
@@ -142,7 +174,7 @@ class Greeting:
     frame: bytes
 
 
-class SessionSettings(Protocol):
+class SessionSettings(QuotaSettings, Protocol):
     """The settings the rules read; ``gateway.config.DeviceSettings`` is one (not imported: no I/O here)."""
 
     @property
@@ -158,7 +190,7 @@ class SessionSettings(Protocol):
         """Sent as ``welcome.settings.interval_s`` when set."""
 
 
-Output = Readings | Event | Result | MetaUpdate | Refusal | Close | HelloAccepted
+Output = Readings | Event | NewNames | Result | MetaUpdate | Refusal | Close | HelloAccepted
 """What ``receive_frame`` returns (or None); the module docstring says what to do with each."""
 
 
@@ -170,6 +202,7 @@ def welcome_limits(settings: SessionSettings) -> dict[str, int]:
         "max_values": MAX_VALUES,
         "max_string_length": MAX_STRING_LENGTH,
         "max_clock_skew_ms": settings.max_clock_skew_ms,
+        "max_nesting_depth": MAX_NESTING_DEPTH,
     }
 
 
@@ -179,16 +212,31 @@ class SessionMachine:
     Feed it every frame the connection receives, in order, with
     ``receive_frame`` and act on what it returns (module docstring). It is
     not thread-safe and never blocks; ``clock()`` returns the wall clock in ms.
+    ``quotas`` are the device's (shared by its connections, names loaded from
+    the store); by default fresh ones on ``time.monotonic``.
     """
 
     __slots__ = (
-        "_clock", "_max_refused", "_max_skew", "_settings", "_stream", "device", "frames", "hello",
-        "refused_in_row", "state",
+        "_clock", "_max_refused", "_max_skew", "_names", "_rate", "_settings", "_stream", "device",
+        "frames", "hello", "quotas", "refused_in_row", "state",
     )  # fmt: skip
 
     _stream: StreamState  # set by welcome(); read only in OPEN
 
-    def __init__(self, settings: SessionSettings, device: str, *, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        settings: SessionSettings,
+        device: str,
+        *,
+        clock: Callable[[], int],
+        quotas: DeviceQuotas | None = None,
+    ) -> None:
+        self.quotas = quotas or fresh_quotas(settings, time.monotonic)
+        """The device's rate bucket and name sets (gateway/device/quotas.py)."""
+        if self.quotas.names is None:
+            raise ValueError("the device's names must be loaded before its session starts")
+        self._names = self.quotas.names
+        self._rate = self.quotas.rate
         self._settings = settings
         self._clock = clock
         self._max_skew = settings.max_clock_skew_ms
@@ -219,13 +267,21 @@ class SessionMachine:
         if self.state is not _OPEN:
             return self._receive_before_open(frame)
         self.frames += 1
+        message: DeviceMessage | None = None
         try:
             message = decode_device_message(frame)
             if type(message) is Readings:
-                check_clock(message.samples, self._clock(), self._max_skew, message.seq)
+                samples = message.samples
+                self._rate.charge(len(samples), message.seq)
+                check_clock(samples, self._clock(), self._max_skew, message.seq)
+                new = self._names.new_metrics(samples, message.seq)
+                event = None
             elif type(message) is Event:
+                self._rate.charge(1, message.seq)
                 check_clock((message,), self._clock(), self._max_skew, message.seq)
+                new, event = self._names.new_event(message.name, message.data, message.seq)
             else:
+                self._rate.charge(1)
                 return self._receive_other(message)
             stream = self._stream
             if not stream.accept(message.seq):
@@ -236,9 +292,14 @@ class SessionMachine:
                     message.seq,
                 )
         except ProtocolError as exc:
+            if message is None:
+                self._rate.charge(1)  # an undecodable frame costs what one sample does
             return self._refuse(exc)
         self.refused_in_row = 0
-        return message
+        if new is None and event is None:
+            return message
+        self._names.learn(new, event)
+        return NewNames(message, new, event)
 
     def hello_timed_out(self) -> Close:
         """The I/O layer's hello timer ran out before ``hello`` was accepted: close 4002."""
@@ -329,8 +390,10 @@ class SessionMachine:
         return self._refuse(ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "hello was already received"))
 
     def _refuse(self, exc: ProtocolError) -> Refusal:
-        self.refused_in_row += 1
         frame = encode(Error(code=exc.code.value, detail=exc.detail, seq=exc.seq))
+        if exc.code in QUOTA_CODES:
+            return Refusal(exc, frame)  # a valid frame over a name quota: not a misbehaving device
+        self.refused_in_row += 1
         if self.refused_in_row < self._max_refused:
             return Refusal(exc, frame)
         return Refusal(
@@ -349,6 +412,7 @@ __all__ = [
     "Greeting",
     "HelloAccepted",
     "MetaUpdate",
+    "NewNames",
     "Output",
     "Refusal",
     "SessionMachine",

@@ -105,7 +105,8 @@ class StreamState:
         self.inflight -= 1
         if not self.failed:
             self.failed = True
-            log.error("device %d: a commit failed (%s); closing its session", self.device_id, error)
+            # the writer logged why (a store error, or the device was removed or re-tokened)
+            log.warning("device %d: a frame was not stored (%s); its session ends", self.device_id, error)
             if self.target is not None:
                 self.target.commit_failed(error)
         if self.inflight == 0 and self._drain_callbacks is not None:

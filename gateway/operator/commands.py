@@ -15,7 +15,8 @@ The device plane calls the session hooks (``session_ready`` after ``welcome``,
 ``result_received``, ``session_closed``); a queued command goes out on the next ready
 session of its device, in submission order, one device at a time. ``deadline`` in the frame
 is ``sent + timeout``: a device must not start a command after it. A sweeper expires queued
-commands past their TTL and fails sent ones past their deadline.
+commands past their TTL and fails sent ones past their deadline, only the due ones (a heap:
+``gateway.operator.deadlines``). ``submit`` refuses a device's ``max_open_per_device``+1st open one.
 """
 
 from __future__ import annotations
@@ -23,63 +24,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-
+from gateway.operator.command_rules import (
+    DEFAULT_MAX_OPEN_PER_DEVICE,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TTL_S,
+    MAX_ARGS_BYTES,
+    CommandError,
+    CommandSession,
+    UnknownCommand,
+    check_submission,
+)
+from gateway.operator.deadlines import Deadlines
 from gateway.operator.ledger_writes import LedgerWrites
 from gateway.store import ledger
 from gateway.store.ledger import FINAL_STATES, CommandRecord, CommandState
 from iotgw_common.clock import now_ms
-from iotgw_common.protocol import Command, Hello, Result
+from iotgw_common.protocol import Command, Hello, Result, printable
 
 if TYPE_CHECKING:
     from gateway.store.registry import DeviceRecord
     from gateway.store.writer import GroupCommitter
 
 log = logging.getLogger(__name__)
-
-MAX_ARGS_BYTES = 4096
-"""Longest encoded ``args`` object the gateway sends (boards have little memory)."""
-DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_TTL_S = 60.0
-MAX_TIMEOUT_S = 300.0
-MAX_TTL_S = 7 * 86400.0
-
-
-class CommandError(ValueError):
-    """A command cannot be submitted; ``declared`` lists what the device accepts, when relevant."""
-
-    def __init__(self, detail: str, declared: list[str] | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.declared = declared
-
-
-class UnknownCommand(LookupError):
-    """No command with that id."""
-
-
-class CommandSession(Protocol):
-    """What the service needs of a device's connection (``gateway.device.server.DeviceSession``).
-
-    The same object is passed to every hook for one connection; the service compares
-    sessions by identity.
-    """
-
-    @property
-    def record(self) -> DeviceRecord:
-        """The device this connection authenticated as."""
-
-    @property
-    def peer(self) -> str:
-        """The remote address, for the ``sent`` history entry."""
-
-    async def send_command(self, command: Command) -> None:
-        """Send one ``command`` frame; raise (``ConnectionClosed``, mostly) if it cannot."""
 
 
 @dataclass(slots=True, eq=False)
@@ -103,11 +74,16 @@ class CommandService:
         *,
         sweep_interval: float = 0.1,
         clock: Callable[[], int] = now_ms,
+        max_open_per_device: int = DEFAULT_MAX_OPEN_PER_DEVICE,
     ) -> None:
         self._committer = committer
+        self.max_open_per_device = max_open_per_device
         self._sweep_interval = sweep_interval
         self._clock = clock
         self._open: dict[str, _Open] = {}
+        self._per_device: Counter[int] = Counter()  # device id -> open commands (queued + sent)
+        self._by_state = {CommandState.QUEUED.value: 0, CommandState.SENT.value: 0}
+        self._deadlines = Deadlines()  # when each queued command expires, each sent one times out
         self._queues: dict[int, deque[str]] = {}  # device id -> queued command ids, oldest first
         self._ready: dict[int, CommandSession] = {}  # device id -> session past welcome
         self._declared: dict[int, frozenset[str]] = {}  # device id -> commands of its live hello
@@ -129,7 +105,7 @@ class CommandService:
         rows = await self._committer.call(ledger.load_open)
         for record in rows:
             item = _Open(record)
-            self._open[record.id] = item
+            self._opened(item)
             if record.state == CommandState.QUEUED:
                 self._queues.setdefault(record.device_id, deque()).append(record.id)
             else:
@@ -167,17 +143,17 @@ class CommandService:
         """Log a new command (durably, as queued) and start delivering it; returns its record.
 
         Raises CommandError when the device's declared commands are known and
-        ``name`` is not one of them, or ``args`` is too large.
+        ``name`` is not one of them, or ``args`` is too large; TooManyOpenCommands (a
+        CommandError) when the device already has ``max_open_per_device`` open.
         """
-        declared = self.declared_commands(device)
-        if declared is not None and name not in declared:
-            raise CommandError(
-                f"device {device.name!r} does not accept command {name!r}; it declares: "
-                + (", ".join(sorted(declared)) or "no commands"),
-                sorted(declared),
-            )
-        if len(msgspec.json.encode(args)) > MAX_ARGS_BYTES:
-            raise CommandError(f"args are larger than {MAX_ARGS_BYTES} bytes encoded")
+        check_submission(
+            device,
+            name,
+            args,
+            declared=self.declared_commands(device),
+            open_now=self._per_device[device.id],
+            max_open=self.max_open_per_device,
+        )
         now = self._clock()
         record, insert = ledger.new_command(
             device_id=device.id,
@@ -190,7 +166,7 @@ class CommandService:
             timeout_ms=max(1, round(timeout_s * 1000)),
         )
         item = _Open(record)
-        self._open[record.id] = item
+        self._opened(item)
         self._writes.add(insert)
         for observe in self.state_observers:
             observe(record)
@@ -252,12 +228,12 @@ class CommandService:
 
     @property
     def open_counts(self) -> dict[str, int]:
-        """Open commands by state (queued, sent)."""
-        counts = {CommandState.QUEUED.value: 0, CommandState.SENT.value: 0}
-        for item in self._open.values():
-            if item.record.state in counts:
-                counts[item.record.state] += 1
-        return counts
+        """Open commands by state (queued, sent): a copy, safe to take from a scraping thread."""
+        return dict(self._by_state)
+
+    def open_for(self, device_id: int) -> int:
+        """Commands of the device queued or sent now (what ``max_open_per_device`` bounds)."""
+        return self._per_device[device_id]
 
     # -- the device plane's session hooks ----------------------------------------------
 
@@ -310,6 +286,13 @@ class CommandService:
                     now,
                     error="the connection to the device closed before its result arrived (it may have run)",
                 )
+
+    def device_removed(self, device_id: int) -> None:
+        """The device was removed from the registry (its id is never reused): its open commands fail."""
+        now, error = self._clock(), "the device was removed from the gateway"
+        for item in [i for i in self._open.values() if i.record.device_id == device_id]:
+            if item.record.state in (CommandState.QUEUED, CommandState.SENT):
+                self._finish(item, CommandState.FAILED, now, error=error)
 
     # -- delivery ---------------------------------------------------------------------
 
@@ -386,25 +369,45 @@ class CommandService:
             self.sweep()
 
     def sweep(self) -> None:
-        """Expire queued commands past their TTL, fail sent ones past their deadline."""
+        """Expire queued commands past their TTL, fail sent ones past their deadline (only due ones)."""
         now = self._clock()
-        for item in list(self._open.values()):
+        for due in list(self._deadlines.due(now, self._state_of)):
+            item = self._open[due.command_id]
             record = item.record
-            if record.state == CommandState.QUEUED and now >= record.expires_ms:
+            if record.state == CommandState.QUEUED:
                 if item.session is None:
                     self._finish(item, CommandState.EXPIRED, now, error="not delivered within its ttl")
-            elif record.state == CommandState.SENT and now >= record.deadline_ms:
+            elif record.state == CommandState.SENT:
                 self._finish(
                     item,
                     CommandState.FAILED,
                     now,
                     error=f"no result within the timeout of {record.timeout_ms / 1000:g} s (it may have run)",
                 )
+        self._deadlines.compact(self._state_of)
+
+    def _state_of(self, command_id: str) -> str | None:
+        item = self._open.get(command_id)
+        return None if item is None or item.record.final else item.record.state
 
     # -- state changes and their writes ---------------------------------------------------
 
+    def _opened(self, item: _Open) -> None:
+        """Count a command that is open (new or loaded) and put its next due time in the timetable."""
+        record = item.record
+        self._open[record.id] = item
+        self._per_device[record.device_id] += 1
+        self._by_state[record.state] += 1
+        if record.state == CommandState.QUEUED:
+            self._deadlines.add(record.id, record.state, record.expires_ms)
+
     def _transition(self, record: CommandRecord, state: CommandState, now: int, detail: str = "") -> None:
+        was = record.state
         self._writes.add(ledger.transition(record, state, now, detail))
+        self._by_state[was] -= 1
+        self._by_state[state] += 1
+        if state == CommandState.SENT:
+            self._deadlines.add(record.id, state, record.deadline_ms)
         for observe in self.state_observers:
             observe(record)
 
@@ -412,6 +415,7 @@ class CommandService:
         self, item: _Open, state: CommandState, now: int, *, value: Any = None, error: str | None = None
     ) -> None:
         record = item.record
+        was = record.state
         if record.state == CommandState.QUEUED:
             queue = self._queues.get(record.device_id)
             if queue is not None and record.id in queue and self._drains.get(record.device_id) is None:
@@ -419,6 +423,10 @@ class CommandService:
                 if not queue:
                     del self._queues[record.device_id]
         future = self._writes.add(ledger.finish(record, state, now, value=value, error=error))
+        self._by_state[was] -= 1
+        self._per_device[record.device_id] -= 1
+        if not self._per_device[record.device_id]:
+            del self._per_device[record.device_id]
         for observe in self.state_observers:
             observe(record)
         self.finished[state.value] += 1
@@ -428,7 +436,7 @@ class CommandService:
             record.name,
             record.device,
             state,
-            f" ({record.error})" if record.error else "",
+            f" ({printable(record.error)})" if record.error else "",
         )
 
         def stored(_: asyncio.Future[None]) -> None:
@@ -438,14 +446,4 @@ class CommandService:
         future.add_done_callback(stored)
 
 
-__all__ = [
-    "DEFAULT_TIMEOUT_S",
-    "DEFAULT_TTL_S",
-    "MAX_ARGS_BYTES",
-    "MAX_TIMEOUT_S",
-    "MAX_TTL_S",
-    "CommandError",
-    "CommandService",
-    "CommandSession",
-    "UnknownCommand",
-]
+__all__ = ["MAX_ARGS_BYTES", "CommandError", "CommandService", "CommandSession", "UnknownCommand"]

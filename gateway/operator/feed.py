@@ -74,6 +74,10 @@ class SubscriptionClosed(Exception):
     """The subscription was closed (the gateway is stopping, or the caller closed it)."""
 
 
+class SubscriptionRevoked(SubscriptionClosed):
+    """The subscriber's credentials were revoked (its operator token was removed): ``str()`` says so."""
+
+
 @dataclass(slots=True, frozen=True)
 class FeedFilter:
     """Which messages a subscriber wants; ``None`` means all. ``metrics`` narrows readings only."""
@@ -94,10 +98,12 @@ Entry = tuple[int, str, int, int, Any]
 class Subscription:
     """One subscriber's bounded queue; ``await get()`` the next message, ``close()`` when done."""
 
-    def __init__(self, feed: Feed, flt: FeedFilter, maxsize: int) -> None:
+    def __init__(self, feed: Feed, flt: FeedFilter, maxsize: int, owner: str | None = None) -> None:
         self.feed = feed
         self.filter = flt
         self.maxsize = maxsize
+        self.owner = owner
+        """Whose credentials hold it (the operator token); :meth:`Feed.revoke` ends it with them."""
         self.delivered = 0
         self.last_id = 0
         """id of the last message returned by ``get``: what to resume ``after``."""
@@ -170,6 +176,8 @@ class Feed:
         self._resolve = resolve_name
         self.dropped_subscribers = 0
         self.published = 0
+        self.watch: asyncio.Task[None] | None = None
+        """A task that checks the subscribers' credentials (gateway/operator/api/live.py); cancelled by ``close``."""
 
     # -- publishing (never waits) ----------------------------------------------------------
 
@@ -236,17 +244,23 @@ class Feed:
     # -- subscribing -------------------------------------------------------------------
 
     def subscribe(
-        self, flt: FeedFilter | None = None, *, after: int | None = None, epoch: str | None = None
+        self,
+        flt: FeedFilter | None = None,
+        *,
+        after: int | None = None,
+        epoch: str | None = None,
+        owner: str | None = None,
     ) -> tuple[Subscription, bool]:
         """A new subscription and whether it resumed exactly after ``after``.
 
         Without ``after`` it starts with the next message (True). With it, the
         kept messages with a greater id are queued first, if ``epoch`` is this
         run's and none of them has been forgotten; otherwise (False) the caller
-        must reload what it shows from the store's history.
+        must reload what it shows from the store's history. ``owner`` names the credentials
+        the subscription holds (:meth:`revoke`).
         """
         flt = flt or FeedFilter()
-        sub = Subscription(self, flt, self.queue_size)
+        sub = Subscription(self, flt, self.queue_size, owner)
         resumed = True
         if after is not None:
             oldest = self._ring[0][0] if self._ring else self.last_id + 1
@@ -269,8 +283,23 @@ class Feed:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
+    def owners(self) -> set[str]:
+        """The credentials the current subscriptions hold."""
+        return {sub.owner for sub in self._subscribers if sub.owner is not None}
+
+    def revoke(self, owner: str, reason: str) -> int:
+        """End every subscription of ``owner``: their ``get`` raises :class:`SubscriptionRevoked`
+        (``reason``). Returns how many ended."""
+        ended = [sub for sub in self._subscribers if sub.owner == owner]
+        for sub in ended:
+            sub._queue.clear()
+            sub._fail(SubscriptionRevoked(reason))
+        return len(ended)
+
     def close(self) -> None:
-        """End every subscription (gateway shutdown)."""
+        """End every subscription (gateway shutdown) and the credentials watch."""
+        if self.watch is not None:
+            self.watch.cancel()
         for sub in tuple(self._subscribers):
             sub.close()
 
@@ -319,4 +348,5 @@ __all__ = [
     "SubscriberTooSlow",
     "Subscription",
     "SubscriptionClosed",
+    "SubscriptionRevoked",
 ]

@@ -8,11 +8,15 @@ so tests running several gateways in one process never clash). Two kinds:
 * a collector that reads the live state at scrape time: connections, ingest
   counters, open and finished commands, store size.
 
-Labels never carry device names or command ids (unbounded cardinality).
+Labels never carry device names, command ids, or anything else a client chooses: an
+HTTP method outside :data:`HTTP_METHODS` is counted as ``other`` (:func:`method_label`), a
+path no route matches as ``unmatched``, so no request can add a series. :meth:`GatewayMetrics.render`
+formats the text on a worker thread, one scrape at a time, never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,11 +31,19 @@ from gateway.store.readings import store_bytes
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The text exposition format that ``render`` produces."""
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods that get a label value of their own; any other is ``other``."""
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label for a request: the method if it is a standard one, else ``other``."""
+    return method if method in HTTP_METHODS else "other"
 
 
 @dataclass(slots=True)
 class LiveState:
-    """What the scrape-time collector reads; each callable is cheap and runs on the scraping thread."""
+    """What the scrape-time collector reads; each callable is cheap and runs on the scraping thread
+    (a worker thread, while the event loop goes on): it must only read counters or copy small dicts."""
 
     connections: Callable[[], int]
     refused_handshakes: Callable[[], int]
@@ -128,10 +140,18 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(state, rate))
+        self._rendering: asyncio.Lock | None = None
 
-    def render(self) -> bytes:
-        """The text exposition format of every metric."""
+    def render_now(self) -> bytes:
+        """The text exposition format of every metric, formatted in the calling thread."""
         return generate_latest(self.registry)
 
+    async def render(self) -> bytes:
+        """:meth:`render_now` on a worker thread, one scrape at a time; call from the event loop."""
+        if self._rendering is None:
+            self._rendering = asyncio.Lock()
+        async with self._rendering:
+            return await asyncio.to_thread(self.render_now)
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "IngestRate", "LiveState"]
+
+__all__ = ["CONTENT_TYPE", "HTTP_METHODS", "GatewayMetrics", "IngestRate", "LiveState", "method_label"]

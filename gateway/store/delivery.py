@@ -263,6 +263,20 @@ def mark_for_retry(conn: sqlite3.Connection, sink: str, ids: list[int] | None) -
         return count
 
 
+def prune_dead_letters(conn: sqlite3.Connection, before_ms: int) -> int:
+    """Delete dead letters of every sink last changed before ``before_ms``: those resent, and
+    those still dead that nobody resent in that time; returns how many went.
+
+    Letters marked ``retry`` stay (the running gateway is about to resend them). One
+    transaction; call it on the store's writer (``GroupCommitter.call``).
+    """
+    with transaction(conn):
+        deleted: int = conn.execute(
+            "DELETE FROM dead_letters WHERE state IN ('resent', 'dead') AND updated_ms < ?", (before_ms,)
+        ).rowcount
+    return deleted
+
+
 class DeadLetter(msgspec.Struct):
     """One dead letter as ``iotgw deadletters`` shows it."""
 

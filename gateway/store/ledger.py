@@ -21,8 +21,9 @@ Two halves, both plain functions without asyncio:
   changes and hands a batch to :func:`write_changes`. A change is a snapshot taken when the
   state changed, so later changes to the record do not alter it.
 - In the store: :func:`write_changes` (one transaction), :func:`load_open` (what a starting
-  gateway resumes), :func:`load_command`, :func:`list_commands`, and
-  :func:`delete_device_commands` for ``device remove --purge``.
+  gateway resumes), :func:`load_command`, :func:`list_commands`,
+  :func:`delete_device_commands` for ``device remove --purge``, and :func:`prune_final`
+  for retention (``store.command_days``).
 
 Write functions run on the store's single writer (the group committer's thread, or the CLI
 with the gateway stopped); read functions take any connection.
@@ -324,6 +325,34 @@ def delete_device_commands(conn: sqlite3.Connection, device_id: int) -> int:
     return conn.execute("DELETE FROM commands WHERE device_id = ?", (device_id,)).rowcount
 
 
+PRUNE_BATCH = 1000
+"""Commands deleted per statement by :func:`prune_final` (keeps each writer call short)."""
+
+
+def prune_final(conn: sqlite3.Connection, before_ms: int, *, batch: int = PRUNE_BATCH) -> int:
+    """Delete up to ``batch`` final commands (succeeded, failed, expired) last changed before
+    ``before_ms``, with their state histories; returns how many commands went.
+
+    Open commands (queued, sent) are never touched, however old. One short transaction: call it
+    on the store's writer (``GroupCommitter.call``) until it returns less than ``batch``.
+    """
+    with transaction(conn):
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM commands WHERE state IN ('succeeded', 'failed', 'expired') AND updated_ms < ? "
+                "LIMIT ?",
+                (before_ms, batch),
+            )
+        ]
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        conn.execute(f"DELETE FROM command_states WHERE command_id IN ({marks})", ids)
+        deleted: int = conn.execute(f"DELETE FROM commands WHERE id IN ({marks})", ids).rowcount
+    return deleted
+
+
 def _row_record(row: tuple[Any, ...]) -> CommandRecord:
     result = msgspec.json.decode(row[12]) if row[12] else {}
     return CommandRecord(
@@ -358,6 +387,7 @@ def _with_history(conn: sqlite3.Connection, records: list[CommandRecord]) -> lis
 
 __all__ = [
     "FINAL_STATES",
+    "PRUNE_BATCH",
     "TRANSITIONS",
     "Change",
     "CommandRecord",
@@ -373,6 +403,7 @@ __all__ = [
     "load_open",
     "new_command",
     "new_command_id",
+    "prune_final",
     "shorten",
     "transition",
 ]

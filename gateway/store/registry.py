@@ -108,18 +108,27 @@ def add_devices(conn: sqlite3.Connection, names: list[str]) -> dict[str, str]:
 
 
 def rotate_token(conn: sqlite3.Connection, name: str) -> str:
-    """Give ``name`` a new token (the old one stops working); returns it once."""
+    """Give ``name`` a new token (the old one stops working); returns it once.
+
+    A running gateway notices the rotation (:func:`revocations_after`), closes the session
+    that authenticated with the old token (4005) and stores nothing more it sent.
+    """
     token = new_token()
-    cur = conn.execute("UPDATE devices SET token_hash = ? WHERE name = ?", (hash_token(token), name))
-    if cur.rowcount == 0:
-        raise RegistryError(f"no device named {name!r}")
+    with transaction(conn, immediate=True):
+        row = conn.execute("SELECT id FROM devices WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise RegistryError(f"no device named {name!r}")
+        conn.execute("UPDATE devices SET token_hash = ? WHERE id = ?", (hash_token(token), row[0]))
+        _log_revocation(conn, row[0], ROTATED)
     return token
 
 
 def remove_device(conn: sqlite3.Connection, name: str, *, purge: bool = False) -> int:
     """Remove ``name`` (its token stops working); with ``purge`` also its data.
 
-    Returns the number of readings deleted. Raises RegistryError if unknown.
+    Returns the number of readings deleted. Raises RegistryError if unknown. A running
+    gateway notices the removal (:func:`revocations_after`), closes the device's session
+    (4003) and stores nothing more it sent; the id is never given to another device.
     """
     record = find_by_name(conn, name)
     if record is None:
@@ -127,6 +136,8 @@ def remove_device(conn: sqlite3.Connection, name: str, *, purge: bool = False) -
     deleted = 0
     with transaction(conn, immediate=True):
         conn.execute("DELETE FROM devices WHERE id = ?", (record.id,))
+        conn.execute("DELETE FROM device_streams WHERE device_id = ?", (record.id,))
+        _log_revocation(conn, record.id, REMOVED)
         if purge:
             deleted = readings.delete_device(conn, record.id)
             ledger.delete_device_commands(conn, record.id)
@@ -149,6 +160,47 @@ def find_by_name(conn: sqlite3.Connection, name: str) -> DeviceRecord | None:
 def find_by_id(conn: sqlite3.Connection, device_id: int) -> DeviceRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE id = ?", (device_id,)).fetchone()
     return None if row is None else _record(row)
+
+
+def token_hash_of(conn: sqlite3.Connection, device_id: int) -> str | None:
+    """The hash of the device's current token, or None if the device is gone."""
+    row = conn.execute("SELECT token_hash FROM devices WHERE id = ?", (device_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+# -- revocations: removals and token rotations, as the running gateway learns them ----------
+
+REMOVED = "removed"
+ROTATED = "rotated"
+Revocation = tuple[int, int, str]
+"""(log id, device id, ``REMOVED`` or ``ROTATED``); log ids only grow."""
+
+
+def _log_revocation(conn: sqlite3.Connection, device_id: int, kind: str) -> None:
+    conn.execute(
+        "INSERT INTO device_revocations (device_id, kind, at_ms) VALUES (?, ?, ?)",
+        (device_id, kind, now_ms()),
+    )
+
+
+def revocation_watermark(conn: sqlite3.Connection) -> int:
+    """The newest revocation's log id (0 if none).
+
+    Read it *before* checking a device's token: a revocation with a larger id happened
+    after the check, so it applies to the session that passed it.
+    """
+    (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM device_revocations").fetchone()
+    return int(last)
+
+
+def revocations_after(conn: sqlite3.Connection, after: int) -> list[Revocation]:
+    """Revocations logged after log id ``after``, oldest first (one primary-key range read)."""
+    return [
+        (int(row[0]), int(row[1]), str(row[2]))
+        for row in conn.execute(
+            "SELECT id, device_id, kind FROM device_revocations WHERE id > ? ORDER BY id", (after,)
+        )
+    ]
 
 
 def list_devices(conn: sqlite3.Connection) -> list[DeviceRecord]:
@@ -207,6 +259,47 @@ def record_stream_positions(
             _UPDATE_STREAMS,
             [(stream, seq, seen_ms, device_id) for device_id, (stream, seq) in positions.items()],
         )
+
+
+KEPT_STREAMS = 32
+"""Earlier streams remembered per device besides the current one (docs/protocol.md, section 5)."""
+
+_ARCHIVE_STREAM = (
+    "INSERT INTO device_streams (device_id, stream, last_seq, updated_ms) "
+    "SELECT id, stream, last_seq, ? FROM devices WHERE id = ? AND stream <> ? AND stream <> '' "
+    "ON CONFLICT (device_id, stream) DO UPDATE SET last_seq = excluded.last_seq, updated_ms = excluded.updated_ms"
+)
+_PRUNE_STREAMS = (
+    "DELETE FROM device_streams WHERE device_id = ? AND stream NOT IN "
+    "(SELECT stream FROM device_streams WHERE device_id = ? ORDER BY updated_ms DESC, stream LIMIT ?)"
+)
+
+
+def archive_streams(conn: sqlite3.Connection, new_streams: dict[int, str], at_ms: int) -> None:
+    """Before :func:`record_stream_positions` moves a device to another stream, keep the
+    position of the stream it leaves (device id -> the stream it moves to).
+
+    Cheap to call for a device that stays on its stream (one indexed read, nothing written);
+    the writer calls it only for devices whose stream it has not seen this run. Keeps the
+    newest :data:`KEPT_STREAMS` per device. The caller holds the transaction.
+    """
+    for device_id, stream in new_streams.items():
+        if conn.execute(_ARCHIVE_STREAM, (at_ms, device_id, stream)).rowcount:
+            conn.execute(_PRUNE_STREAMS, (device_id, device_id, KEPT_STREAMS))
+
+
+def stream_position(conn: sqlite3.Connection, device_id: int, stream: str) -> int:
+    """The last stored seq of the device's ``stream``: its current one or a remembered
+    earlier one; 0 for a stream the store has never seen (``welcome.last_seq``)."""
+    row = conn.execute("SELECT stream, last_seq FROM devices WHERE id = ?", (device_id,)).fetchone()
+    if row is None:
+        return 0
+    if row[0] == stream:
+        return int(row[1])
+    kept = conn.execute(
+        "SELECT last_seq FROM device_streams WHERE device_id = ? AND stream = ?", (device_id, stream)
+    ).fetchone()
+    return 0 if kept is None else int(kept[0])
 
 
 def update_metadata(conn: sqlite3.Connection, device_id: int, fields: dict[str, Any]) -> None:

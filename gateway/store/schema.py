@@ -16,7 +16,6 @@ from pathlib import Path
 
 from gateway.store.db import transaction
 
-
 _MIGRATIONS: list[str] = [
     # 1: devices, readings, events, forwarding cursors, commands
     """
@@ -157,6 +156,71 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE commands ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 10000;
     CREATE INDEX commands_open ON commands (state) WHERE state IN ('queued', 'sent');
     """,
+    # 4: device ids are never reused. `devices` is rebuilt with AUTOINCREMENT (every column,
+    # the same UNIQUE indexes), and its sequence starts past every device id any table has
+    # ever held, so a new device never inherits a removed one's readings, events or commands.
+    # device_revocations: one row per removal or token rotation (gateway/store/registry.py),
+    # polled by the running gateway to end the device's live session and refuse its queued
+    # frames. device_streams: the last stored seq of a device's earlier streams, so a device
+    # that goes back to one is not stored twice (docs/protocol.md, section 5).
+    """
+    CREATE TABLE devices_v4 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        name        TEXT NOT NULL UNIQUE,
+        token_hash  TEXT NOT NULL UNIQUE,
+        created_ms  INTEGER NOT NULL,
+        labels      TEXT NOT NULL DEFAULT '{}',
+        agent       TEXT NOT NULL DEFAULT '',
+        sensors     TEXT NOT NULL DEFAULT '[]',
+        commands    TEXT NOT NULL DEFAULT '[]',
+        info        TEXT NOT NULL DEFAULT '{}',
+        buffered    INTEGER NOT NULL DEFAULT 0,
+        dropped     INTEGER NOT NULL DEFAULT 0,
+        last_seen_ms INTEGER,
+        stream      TEXT NOT NULL DEFAULT '',
+        last_seq    INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO devices_v4 (id, name, token_hash, created_ms, labels, agent, sensors, commands, info,
+                            buffered, dropped, last_seen_ms, stream, last_seq)
+        SELECT id, name, token_hash, created_ms, labels, agent, sensors, commands, info,
+               buffered, dropped, last_seen_ms, stream, last_seq FROM devices;
+    DROP TABLE devices;
+    ALTER TABLE devices_v4 RENAME TO devices;
+    DELETE FROM sqlite_sequence WHERE name = 'devices';
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'devices', max(
+        (SELECT coalesce(max(id), 0) FROM devices),
+        (SELECT coalesce(max(device_id), 0) FROM readings),
+        (SELECT coalesce(max(device_id), 0) FROM events),
+        (SELECT coalesce(max(device_id), 0) FROM commands),
+        (SELECT coalesce(max(device_id), 0) FROM dead_letters));
+    CREATE TABLE device_revocations (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id   INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL
+    );
+    CREATE TABLE device_streams (
+        device_id   INTEGER NOT NULL,
+        stream      TEXT NOT NULL,
+        last_seq    INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (device_id, stream)
+    ) WITHOUT ROWID;
+    """,
+    # 5: each device's known metric and event names (gateway/store/names.py), so the name
+    # quotas (gateway/device/quotas.py) survive a restart. Not backfilled from old readings:
+    # names are learnt again from the next frames. Removing a device removes its names.
+    """
+    CREATE TABLE device_names (
+        device_id   INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        PRIMARY KEY (device_id, kind, name)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER device_names_of_removed AFTER DELETE ON devices
+        BEGIN DELETE FROM device_names WHERE device_id = OLD.id; END;
+    """,
 ]
 
 
@@ -201,10 +265,24 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
     for number in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(conn, immediate=True):
-            for statement in _MIGRATIONS[number - 1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(_MIGRATIONS[number - 1]):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration, split at the semicolons that end one (not inside a trigger)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.replace(";", " ").strip():
+                statements.append(pending)
+            pending = ""
+    if pending.replace(";", " ").strip():
+        statements.append(pending)
+    return statements
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

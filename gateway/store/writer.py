@@ -9,9 +9,9 @@ fsync. ``wait_for_room`` bounds the queue: a session awaits it before reading
 its next frame, which pushes back on the device's TCP connection instead of
 growing memory.
 
-The writer owns batching, the thread, the transaction and the callbacks, not SQL: the
-rows go through ``readings`` (readings and events) and ``registry`` (stream positions
-and metadata), called with the writer's connection inside its transaction.
+The writer owns batching, the thread and the callbacks, not SQL: what one batch's
+transaction writes and refuses, and how a failure is kept to the device that caused it,
+is ``batches.BatchWriter`` (gateway/store/batches.py).
 """
 
 from __future__ import annotations
@@ -26,51 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import msgspec
-
-from gateway.store import readings, registry
-from gateway.store.db import transaction
-from iotgw_common.clock import now_ms
+from gateway.store import registry
+from gateway.store.batches import Admit, BatchWriter, CommitSink, DeviceRevoked, Frame, Meta, Reset
 from iotgw_common.protocol.messages import Event, Readings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class CommitSink(Protocol):
-    """Told, on the event loop, what became of a submitted frame."""
-
-    def on_committed(self, seq: int) -> None: ...
-
-    def on_commit_failed(self, error: BaseException) -> None: ...
-
-
 class CommitListener(Protocol):
     """Told, on the event loop, what became durable and what changed (the live feed, gateway/operator/feed.py)."""
 
-    def committed(self, frames: list[_Frame]) -> None: ...
+    def committed(self, frames: list[Frame]) -> None: ...
 
     def device_meta(self, device_id: int, fields: dict[str, Any]) -> None: ...
-
-
-@dataclass(slots=True)
-class _Frame:
-    sink: CommitSink
-    device_id: int
-    stream: str
-    message: Readings | Event
-    samples: int
-
-
-@dataclass(slots=True)
-class _Meta:
-    device_id: int
-    fields: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _Reset:
-    device_id: int
 
 
 @dataclass(slots=True)
@@ -79,7 +48,7 @@ class _Call:
     future: asyncio.Future[Any]
 
 
-_Item = _Frame | _Meta | _Reset | _Call
+_Item = Frame | Meta | Reset | Admit | _Call
 
 
 class GroupCommitter:
@@ -106,15 +75,24 @@ class GroupCommitter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._room = asyncio.Event()
         self._room.set()
-        self._failed_devices: set[int] = set()  # writer thread only
-        self._bulk = readings.bulk_insert_works() and registry.bulk_update_works()
-        """Write a batch with one JSON statement per table instead of executemany (same rows)."""
+        self._batches = BatchWriter(conn)  # used by the writer thread only
         self.pending_samples = 0
-        self.commits = 0
-        self.committed_samples = 0
-        self.failed_commits = 0
         self.listener: CommitListener | None = None
         """Hears committed frames (after their acks) and metadata updates; must not block."""
+
+    @property
+    def commits(self) -> int:
+        """Transactions that stored frames."""
+        return self._batches.commits
+
+    @property
+    def committed_samples(self) -> int:
+        return self._batches.committed_samples
+
+    @property
+    def failed_commits(self) -> int:
+        """Batches whose first transaction failed (frames then retried apart)."""
+        return self._batches.failed_commits
 
     def start(self) -> None:
         """Start the writer thread; call from the event loop that will submit."""
@@ -140,14 +118,14 @@ class GroupCommitter:
         self.pending_samples += samples
         if self.pending_samples >= self._max_pending:
             self._room.clear()
-        self._put(_Frame(sink, device_id, stream, message, samples))
+        self._put(Frame(sink, device_id, stream, message, samples))
 
     def submit_meta(self, device_id: int, **fields: Any) -> None:
         """Queue an update of device metadata columns (agent, sensors, info, …)."""
         unknown = set(fields) - registry.META_COLUMNS
         if unknown:
             raise ValueError(f"not device metadata: {sorted(unknown)}")
-        self._put(_Meta(device_id, fields))
+        self._put(Meta(device_id, fields))
         if self.listener is not None:
             self.listener.device_meta(device_id, fields)
 
@@ -168,7 +146,17 @@ class GroupCommitter:
         acknowledged (a cumulative ack would then cover the lost frame). Call
         this when the device's next session starts, after its frames drained.
         """
-        self._put(_Reset(device_id))
+        self._put(Reset(device_id))
+
+    def admit(self, device_id: int, watermark: int) -> None:
+        """A new session of the device starts; call after its earlier frames drained.
+
+        ``watermark`` is ``registry.revocation_watermark`` read before the session's token was
+        checked: a removal or rotation logged after it means the session's token is revoked, and
+        its frames are refused with :class:`DeviceRevoked` (checked inside each commit). Also
+        accepts the device's frames again after a failed commit (like ``reset_device``).
+        """
+        self._put(Admit(device_id, watermark))
 
     async def wait_for_room(self) -> None:
         """Return once fewer than ``max_pending_samples`` samples wait for a commit."""
@@ -196,17 +184,17 @@ class GroupCommitter:
             if was_empty:
                 self._cond.notify()
 
-    def _completed(self, frames: list[_Frame], error: BaseException | None) -> None:
-        for frame in frames:
+    def _completed(self, stored: list[Frame], failed: list[tuple[Frame, BaseException]]) -> None:
+        for frame, error in failed:
             self.pending_samples -= frame.samples
-            if error is None:
-                frame.sink.on_committed(frame.message.seq)
-            else:
-                frame.sink.on_commit_failed(error)
+            frame.sink.on_commit_failed(error)
+        for frame in stored:
+            self.pending_samples -= frame.samples
+            frame.sink.on_committed(frame.message.seq)
         if self.pending_samples < self._max_pending:
             self._room.set()
-        if error is None and self.listener is not None:
-            self.listener.committed(frames)
+        if stored and self.listener is not None:
+            self.listener.committed(stored)
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -225,77 +213,12 @@ class GroupCommitter:
                 if not batch and self._stopping:
                     return
             started = time.monotonic()
-            frames, refused = self._partition(batch)
-            if refused:
-                _call_soon(loop, self._completed, refused, RuntimeError("an earlier commit failed"))
-            error: BaseException | None = None
-            try:
-                self._write(batch, frames)
-                self.commits += 1
-                self.committed_samples += sum(f.samples for f in frames)
-            except Exception as exc:  # a disk error: tell every sink, keep serving
-                log.error("commit of %d frames failed: %s", len(frames), exc)
-                self.failed_commits += 1
-                self._failed_devices.update(frame.device_id for frame in frames)
-                error = exc
-            if frames:
-                _call_soon(loop, self._completed, frames, error)
+            outcome = self._batches.commit(batch)
+            if outcome.stored or outcome.failed:
+                _call_soon(loop, self._completed, outcome.stored, outcome.failed)
             for item in batch:
                 if type(item) is _Call:
                     self._run_call(loop, item)
-
-    def _partition(self, batch: list[_Item]) -> tuple[list[_Frame], list[_Frame]]:
-        """Split frames into those to write and those of devices whose commit failed."""
-        frames: list[_Frame] = []
-        refused: list[_Frame] = []
-        failed = self._failed_devices
-        for item in batch:
-            if type(item) is _Frame:
-                (refused if failed and item.device_id in failed else frames).append(item)
-            elif type(item) is _Reset:
-                failed.discard(item.device_id)
-        return frames, refused
-
-    def _write(self, batch: list[_Item], frames: list[_Frame]) -> None:
-        encode = msgspec.json.encode
-        bulk = self._bulk
-        reading_rows: list[readings.ReadingRow] = []
-        reading_frames: list[readings.ReadingFrame] = []
-        events: list[readings.EventInsert] = []
-        streams: dict[int, tuple[str, int]] = {}
-        for frame in frames:
-            message = frame.message
-            device_id = frame.device_id
-            if type(message) is Readings:
-                seq = message.seq
-                if bulk:
-                    reading_frames.append((device_id, seq, message.samples))
-                else:
-                    reading_rows.extend(
-                        (device_id, sample.ts, seq, encode(sample.values).decode())
-                        for sample in message.samples
-                    )
-            else:
-                assert type(message) is Event
-                events.append(
-                    (device_id, message.ts, message.seq, message.name, encode(message.data).decode())
-                )
-            streams[device_id] = (frame.stream, message.seq)
-        metas = [item for item in batch if type(item) is _Meta]
-        if not frames and not metas:
-            return
-        conn = self._conn
-        with transaction(conn):
-            if reading_frames:
-                readings.insert_readings_json(conn, reading_frames)
-            if reading_rows:
-                readings.insert_readings(conn, reading_rows)
-            if events:
-                readings.insert_events(conn, events)
-            if streams:
-                registry.record_stream_positions(conn, streams, now_ms(), bulk=bulk)
-            for meta in metas:
-                registry.update_metadata(conn, meta.device_id, meta.fields)
 
     def _run_call(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         try:
@@ -318,3 +241,6 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
     with contextlib.suppress(RuntimeError):  # the loop closed during shutdown: nothing to tell
         loop.call_soon_threadsafe(fn, *args)
+
+
+__all__ = ["CommitListener", "CommitSink", "DeviceRevoked", "GroupCommitter"]

@@ -179,7 +179,7 @@ StartLimitIntervalSec=0
 Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
-User={user}
+{reload}User={user}
 Group={user}
 Environment={state_env}={state_path}
 Environment=PYTHONUNBUFFERED=1
@@ -222,6 +222,8 @@ def render_unit(role: Role, layout: Layout = DEFAULT_LAYOUT) -> str:
         unit=role.unit,
         unit_stem=unit_stem,
         exec_start=exec_start,
+        # the gateway re-reads its TLS certificate on SIGHUP (docs/security.md): systemctl reload iotgw
+        reload="ExecReload=/bin/kill -HUP $MAINPID\n" if role is GATEWAY else "",
         user=role.user,
         state_env=role.state_env,
         state_path=layout.state_path(role),

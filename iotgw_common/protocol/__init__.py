@@ -16,6 +16,7 @@ from iotgw_common.protocol.errors import (
     CloseCode,
     ErrorCode,
     ProtocolError,
+    printable,
 )
 from iotgw_common.protocol.messages import (
     PROTOCOL_VERSION,
@@ -61,4 +62,5 @@ __all__ = [
     "decode_gateway_message",
     "encode",
     "encode_text",
+    "printable",
 ]

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
+from iotgw_common.protocol.bounds import check_int_range, may_hold_large_int, nesting_too_deep
 from iotgw_common.protocol.errors import ErrorCode, ProtocolError
 from iotgw_common.protocol.messages import (
+    LABEL_PATTERN,
     MAX_FRAME_BYTES,
+    MAX_NESTING_DEPTH,
+    MAX_SAFE_INT,
     MAX_SEQ,
     METRIC_NAME_PATTERN,
     MIN_TIMESTAMP_MS,
@@ -23,6 +28,7 @@ from iotgw_common.protocol.messages import (
     Event,
     GatewayMessage,
     Readings,
+    Result,
     Sample,
 )
 
@@ -42,8 +48,9 @@ def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_B
     """Decode one frame sent by a device.
 
     Raises ProtocolError with the code of docs/protocol.md when the frame is
-    refused. Timestamps against the clock and seq order are checked by the
-    caller (``check_clock``, the session), which holds the clock and the state.
+    refused, and no other exception, whatever ``frame`` holds. Timestamps against
+    the clock and seq order are checked by the caller (``check_clock``, the
+    session), which holds the clock and the state.
     """
     size = len(frame)
     if type(frame) is str and size * 4 > max_frame_bytes:  # up to 4 UTF-8 bytes a character
@@ -54,10 +61,12 @@ def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_B
             f"frame is {size} bytes, the limit is {max_frame_bytes}",
             _probe_seq(frame),
         )
+    if nesting_too_deep(frame, MAX_NESTING_DEPTH):
+        raise _too_deep()
     try:
         message: DeviceMessage = _device_decoder.decode(frame)
     except msgspec.ValidationError as exc:
-        raise _classify_validation_error(str(exc), _probe_seq(frame)) from None
+        raise _classify_validation_error(str(exc), _probe_seq(frame), frame) from None
     except msgspec.DecodeError as exc:
         raise _classify_decode_error(frame, str(exc)) from None
     kind = type(message)
@@ -71,6 +80,8 @@ def decode_device_message(frame: str | bytes, max_frame_bytes: int = MAX_FRAME_B
         for name in message.data:  # type: ignore[union-attr]
             if name not in _known_names:
                 check_name(name, message.seq)  # type: ignore[union-attr]
+    elif kind is Result and may_hold_large_int(frame):
+        check_int_range(message.value, "$.value")  # type: ignore[union-attr]
     return message
 
 
@@ -98,14 +109,17 @@ def check_name(name: str, seq: int | None = None) -> None:
 def decode_gateway_message(frame: str | bytes) -> GatewayMessage:
     """Decode one frame sent by the gateway (used by agents and tests).
 
-    Raises ProtocolError (``invalid_json``, ``unknown_type`` or
-    ``invalid_message``) for a frame that is not a gateway message.
+    Raises ProtocolError (``invalid_json``, ``nesting_too_deep``, ``unknown_type``
+    or ``invalid_message``) for a frame that is not a gateway message, and no
+    other exception.
     """
+    if nesting_too_deep(frame, MAX_NESTING_DEPTH):
+        raise _too_deep()
     try:
         message: GatewayMessage = _gateway_decoder.decode(frame)
         return message
     except msgspec.ValidationError as exc:
-        raise _classify_validation_error(str(exc), None) from None
+        raise _classify_validation_error(str(exc), None, frame) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
 
@@ -159,6 +173,10 @@ def _classify_decode_error(frame: str | bytes, message: str) -> ProtocolError:
         json.loads(frame, parse_constant=constants.append)
     except (ValueError, RecursionError):
         return ProtocolError(ErrorCode.INVALID_JSON, message)
+    if frame[:1] in ("\ufeff", b"\xef"):  # the lenient parser skips a byte order mark
+        return ProtocolError(
+            ErrorCode.INVALID_JSON, f"{message}: a byte order mark; send none (RFC 8259, 8.1)"
+        )
     if not constants:  # valid to the lenient parser for another reason (a lone surrogate)
         return ProtocolError(ErrorCode.INVALID_JSON, f"{message} (text that is not valid UTF-8)")
     return ProtocolError(
@@ -178,18 +196,33 @@ def _seq_from_lenient(frame: str | bytes) -> int | None:
 
 _LENGTH = re.compile(r"Expected `(array|object|str)` of length <= (\d+) - at `\$(.*)`")
 _VALUE_PATH = re.compile(r"- at `\$\.(samples\[\d+\]\.values|data)\[")
+_INT_BOUND = re.compile(rf"^Expected `int` (<= {MAX_SAFE_INT}|>= -{MAX_SAFE_INT}) - at `(?P<path>.*)`$")
+_INT_TOO_BIG = re.compile(r"^Integer value out of range - at `(?P<path>.*)`$")
+_LABEL = f"Expected `str` matching regex {LABEL_PATTERN!r} - at `"
 
 
-def _classify_validation_error(message: str, seq: int | None) -> ProtocolError:
+def _classify_validation_error(message: str, seq: int | None, frame: str | bytes) -> ProtocolError:
     """Map a msgspec validation message to a protocol error code.
 
     msgspec's messages are stable text (``Expected ... - at `$.path```); the
     vector tests pin every mapping below, so a change in msgspec shows up there.
     """
     if message.startswith("Invalid value") and message.endswith("- at `$.type`"):
+        if _type_is_repeated(frame):
+            return ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "the `type` key appears more than once with different values", seq
+            )
         return ProtocolError(ErrorCode.UNKNOWN_TYPE, message, seq)
     if "`key` in" in message or ("matching regex" in message and message.endswith(".name`")):
         return ProtocolError(ErrorCode.BAD_METRIC_NAME, message, seq)
+    if message.startswith(_LABEL):
+        where = message[len(_LABEL) - 1 :]
+        return ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"a control character (U+0000-U+001F, U+007F-U+009F) or a line separator (U+2028, U+2029) "
+            f"in the string at {where}: such strings are one-line labels",
+            seq,
+        )
     length = _LENGTH.search(message)
     if length:
         kind, _, path = length.groups()
@@ -203,7 +236,33 @@ def _classify_validation_error(message: str, seq: int | None) -> ProtocolError:
         return ProtocolError(ErrorCode.BAD_VALUE, message, seq)
     if message.endswith("`$.ts`") or message.endswith(".ts`"):
         return ProtocolError(ErrorCode.BAD_TIMESTAMP, message, seq)
+    bound = _INT_BOUND.match(message) or _INT_TOO_BIG.match(message)
+    if bound and bound["path"] != "$.seq":  # seq keeps invalid_message (docs/protocol.md, section 9)
+        return ProtocolError(
+            ErrorCode.OUT_OF_RANGE, f"{message}: integers must lie within ±{MAX_SAFE_INT} (2^53 - 1)", seq
+        )
     return ProtocolError(ErrorCode.INVALID_MESSAGE, message, seq)
+
+
+def _too_deep() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.NESTING_TOO_DEEP,
+        f"arrays and objects nest deeper than {MAX_NESTING_DEPTH} levels (the frame was not decoded)",
+    )
+
+
+def _type_is_repeated(frame: str | bytes) -> bool:
+    """True if the frame's top object has more than one ``type`` key (msgspec reads the first)."""
+    counts: list[int] = []
+
+    def count(pairs: list[tuple[str, Any]]) -> None:
+        counts.append(sum(1 for key, _ in pairs if key == "type"))
+
+    try:  # the nesting was bounded before decoding, so this cannot recurse deeply
+        json.loads(frame, object_pairs_hook=count)
+    except ValueError:
+        return False
+    return bool(counts) and counts[-1] > 1  # the top object is the last one closed
 
 
 __all__ = [

@@ -19,6 +19,7 @@ This module is the only place that lists codes; docs/protocol.md mirrors it and
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ErrorCode(enum.StrEnum):
@@ -56,7 +57,7 @@ ERROR_EXPLANATIONS: dict[ErrorCode, str] = {
     ErrorCode.BAD_METRIC_NAME: "a metric or event name does not match the name pattern",
     ErrorCode.BAD_VALUE: "a value is not a finite number, a boolean or a string (NaN, Infinity, null, list, object)",
     ErrorCode.STRING_TOO_LONG: "a string value is longer than max_string_length",
-    ErrorCode.BAD_TIMESTAMP: "a timestamp is before 2000-01-01 or not an integer count of milliseconds",
+    ErrorCode.BAD_TIMESTAMP: "a timestamp is before 2000-01-01, above 2^53 - 1, or not an integer count of milliseconds",
     ErrorCode.CLOCK_SKEW: "a timestamp lies further in the future than max_clock_skew_ms",
     ErrorCode.SEQ_NOT_INCREASING: "seq is not above the highest seq already received on this stream",
     ErrorCode.HELLO_REQUIRED: "a data message came before hello",
@@ -103,10 +104,36 @@ CLOSE_EXPLANATIONS: dict[CloseCode, str] = {
 }
 
 
+#: Longest ``detail`` sent in an ``error`` (characters); longer ones are cut with "...".
+MAX_DETAIL_LENGTH = 300
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int = MAX_DETAIL_LENGTH) -> str:
+    """``text`` on one line: control characters as ``\\xNN`` / ``\\uNNNN``, cut to ``limit``.
+
+    Use it for any text a device chose (it may hold a newline or a terminal escape)
+    before it reaches a log line or a terminal.
+    """
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 class ProtocolError(ValueError):
-    """One frame was refused; answer it with an ``error`` message naming ``code``."""
+    """One frame was refused; answer it with an ``error`` message naming ``code``.
+
+    ``detail`` may quote the frame (msgspec names an unknown ``type`` value): it is
+    made printable and short here, so that it can be logged and sent back as it is.
+    """
 
     def __init__(self, code: ErrorCode, detail: str, seq: int | None = None) -> None:
+        detail = printable(detail)
         super().__init__(f"{code.value}: {detail}")
         self.code = code
         self.detail = detail

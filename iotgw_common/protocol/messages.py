@@ -27,12 +27,23 @@ DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
 MIN_TIMESTAMP_MS = 946_684_800_000
 """2000-01-01T00:00:00Z: anything earlier is an unsynchronised clock."""
 DEFAULT_MAX_CLOCK_SKEW_MS = 300_000
-MAX_SEQ = 2**53 - 1
+MAX_SAFE_INT = 2**53 - 1
+"""Every integer a device sends lies within ±MAX_SAFE_INT (``out_of_range``): the store keeps
+64-bit integers, JSON clients (JavaScript, the operator API's) read up to 2^53 exactly."""
+MAX_SEQ = MAX_SAFE_INT
+MAX_NESTING_DEPTH = 32
+"""Arrays and objects nest at most this deep in a frame, the top object being 1
+(``nesting_too_deep``); checked before decoding (``bounds.nesting_too_deep``)."""
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+"""Strings shown as one-line labels (``hello.agent``, units, descriptions, ``info`` strings,
+``result.id``) hold no control character (C0, DEL, C1) and no line or paragraph separator."""
 
 _FLOAT_MAX = 1.7976931348623157e308
 MetricName = Annotated[str, msgspec.Meta(pattern=METRIC_NAME_PATTERN)]
 FiniteFloat = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
 ShortString = Annotated[str, msgspec.Meta(max_length=MAX_STRING_LENGTH)]
+Label = Annotated[str, msgspec.Meta(max_length=MAX_STRING_LENGTH, pattern=LABEL_PATTERN)]
+"""A short string that is logged, printed and shown on one line: no control characters."""
 Value = bool | FiniteFloat | ShortString
 """A reading's value. JSON numbers always decode to float, so 1 and 1.0 are the same value."""
 SampleKey = Annotated[str, msgspec.Meta(max_length=64)]
@@ -41,9 +52,10 @@ names already seen (``codec.check_names``), since a regex per key in msgspec cos
 the rest of a sample's decoding."""
 Values = Annotated[dict[SampleKey, Value], msgspec.Meta(min_length=1, max_length=MAX_VALUES)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
-Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, le=MAX_SEQ)]
-Counter = Annotated[int, msgspec.Meta(ge=0)]
-InfoValue = bool | int | float | ShortString
+Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, le=MAX_SAFE_INT)]
+Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
+SafeInt = Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
+InfoValue = bool | SafeInt | float | Label
 
 
 class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -57,24 +69,24 @@ class SensorInfo(msgspec.Struct, omit_defaults=True):
     """A metric the device reports, declared in ``hello``."""
 
     metric: MetricName
-    unit: ShortString = ""
-    kind: ShortString = ""
+    unit: Label = ""
+    kind: Label = ""
 
 
 class CommandInfo(msgspec.Struct, omit_defaults=True):
     """A command the device accepts, declared in ``hello``."""
 
     name: MetricName
-    description: ShortString = ""
-    args: dict[MetricName, ShortString] = {}
+    description: Label = ""
+    args: dict[MetricName, Label] = {}
 
 
 class Hello(_Message, tag="hello"):
     """First message of every session (docs/protocol.md, "hello")."""
 
     stream: Annotated[str, msgspec.Meta(pattern=STREAM_PATTERN)]
-    agent: ShortString
-    protocol: int = PROTOCOL_VERSION
+    agent: Label
+    protocol: SafeInt = PROTOCOL_VERSION
     device: Annotated[str, msgspec.Meta(pattern=DEVICE_NAME_PATTERN)] | None = None
     last_acked: Counter = 0
     sensors: Annotated[list[SensorInfo], msgspec.Meta(max_length=MAX_VALUES)] = []
@@ -110,7 +122,7 @@ class Event(_Message, tag="event"):
 class Result(_Message, tag="result"):
     """The outcome of a command the gateway sent."""
 
-    id: ShortString
+    id: Label
     ok: bool
     value: Any = None
     error: ShortString | None = None

@@ -9,10 +9,12 @@ with a config as a subprocess and collects its log lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -50,6 +52,21 @@ def mpy_cross_binary() -> str:
 
 def firmware_files() -> list[Path]:
     return sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def compile_firmware(dest: Path) -> Path:
+    """The firmware as a board gets it with ``deploy --mpy``: every module compiled to .mpy
+    by mpy-cross, boot.py and main.py kept as source. Returns ``dest``."""
+    for source in firmware_files():
+        rel = source.relative_to(FIRMWARE)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if rel.name in ("main.py", "boot.py"):
+            target.write_bytes(source.read_bytes())
+        else:
+            subprocess.run([mpy_cross_binary(), "-o", str(target.with_suffix(".mpy")), str(source)],
+                           check=True, capture_output=True)  # fmt: skip
+    return dest
 
 
 def script_text(body: str) -> str:
@@ -94,7 +111,20 @@ class Firmware:
     ``wait_line`` / ``await_line`` to wait for a log line matching a regex.
     """
 
-    def __init__(self, tmp_path: Path, config: dict[str, Any], *, heap: str = HEAP, name: str = "fw") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: dict[str, Any],
+        *,
+        heap: str = HEAP,
+        name: str = "fw",
+        root: Path = FIRMWARE,
+        env: dict[str, str] | None = None,
+        resets: bool = False,
+    ) -> None:
+        self.root = root
+        self.resets = resets  # run like a board: start again after any exit but 0 (compat.reset)
+        self.extra_env = env or {}
         self.config_path = tmp_path / f"{name}.json"
         self.config_path.write_text(json.dumps(config))
         self.log_path = tmp_path / f"{name}.log"
@@ -107,9 +137,14 @@ class Firmware:
     def start(self) -> Firmware:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOTGW_")}
         env["IOTGW_CONFIG"] = str(self.config_path)
+        env.update(self.extra_env)
+        argv = [micropython_binary(), "-X", f"heapsize={self.heap}", str(self.root / "main.py")]
+        if self.resets:
+            loop = ('n=0; while :; do "$@"; rc=$?; [ $rc -eq 0 ] && exit 0; n=$((n+1)); '
+                    '[ $n -gt 10 ] && exit $rc; echo "BOARD reset (exit $rc)"; done')  # fmt: skip
+            argv = ["sh", "-c", loop, "board", *argv]
         self.proc = subprocess.Popen(
-            [micropython_binary(), "-X", f"heapsize={self.heap}", str(FIRMWARE / "main.py")],
-            cwd=self.config_path.parent, env=env, text=True,
+            argv, cwd=self.config_path.parent, env=env, text=True, start_new_session=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
         )  # fmt: skip
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -197,6 +232,9 @@ class Firmware:
         return "\n".join(self.snapshot()[-n:])
 
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None and self.resets:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)  # the loop and the board process in it
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

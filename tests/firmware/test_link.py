@@ -124,7 +124,8 @@ def test_hello_then_commands_are_run_and_answered(tmp_path: Path) -> None:
             ("c8", "read_now", {}, 0),
             ("c9", "set", {"output": "relay9", "value": True}, 0),
             ("c3", "toggle", {"output": "led"}, 0),  # redelivered: answered, not run again
-            ("c10", "set_interval", {"seconds": 0.5}, 0),
+            ("c10", "set_interval", {"seconds": 0.5}, 0),  # under the 1 s floor (min_interval_s)
+            ("c11", "set_interval", {"seconds": 2}, 0),
         ]
         for cid, name, args, deadline in commands:
             await conn.send({"type": "command", "id": cid, "name": name, "args": args, "deadline": deadline})
@@ -144,7 +145,14 @@ def test_hello_then_commands_are_run_and_answered(tmp_path: Path) -> None:
     assert re.fullmatch(r"fw-[0-9a-f]{16}", hello["stream"])
     assert hello["agent"].startswith("iotgw-fw/")
     assert hello["protocol"] == 1
-    assert {c["name"] for c in hello["commands"]} == {"ping", "set", "toggle", "read_now", "set_interval"}
+    assert {c["name"] for c in hello["commands"]} == {
+        "ping",
+        "set",
+        "toggle",
+        "read_now",
+        "set_interval",
+        "ota",
+    }
     assert {s["metric"] for s in hello["sensors"]} == {"n", "temperature", "humidity"}
     assert isinstance(hello["info"]["mem_free"], int) and hello["info"]["mem_free"] > 0
 
@@ -155,10 +163,18 @@ def test_hello_then_commands_are_run_and_answered(tmp_path: Path) -> None:
     assert results["c4"] == {"type": "result", "id": "c4", "ok": True, "value": 0.25}
     assert results["c5"]["ok"] is False and "between 0 and 1" in results["c5"]["error"]
     assert results["c6"] == {"type": "result", "id": "c6", "ok": False, "error": "unknown command: reboot"}
-    assert results["c7"] == {"type": "result", "id": "c7", "ok": False, "error": "deadline passed"}
+    assert results["c7"] == {
+        "type": "result",
+        "id": "c7",
+        "ok": False,
+        "error": "deadline passed before the command ran",
+    }
     assert results["c8"]["ok"] is True and {"n", "temperature", "humidity"} <= set(results["c8"]["value"])
     assert results["c9"]["ok"] is False and "relay9" in results["c9"]["error"]
-    assert results["c10"] == {"type": "result", "id": "c10", "ok": True, "value": 0.5}
+    assert results["c10"] == {
+        "type": "result", "id": "c10", "ok": False, "error": "ValueError: seconds must be between 1 and 86400"
+    }  # fmt: skip
+    assert results["c11"] == {"type": "result", "id": "c11", "ok": True, "value": 2}
     # led: set True, toggled once (the redelivered toggle did not run again).
     assert [m.group(1) for m in fw.find(r"^OUTPUT led (\w+)")] == ["True", "False"]
 
@@ -327,5 +343,7 @@ def test_the_example_config_runs_on_the_unix_port_with_simulated_drivers(tmp_pat
     hello = hellos[0]
     assert hello["device"] == example["device"]
     metrics = {s["metric"] for s in hello["sensors"]}
-    assert metrics == {"temperature", "humidity", "soil_temp", "light", "chip_temp"}
-    assert {"set", "toggle", "ping", "read_now", "set_interval"} == {c["name"] for c in hello["commands"]}
+    assert metrics == {"temperature", "humidity", "soil_temp", "light"}  # an ESP32 example: no rp2_temp
+    assert {"set", "toggle", "ping", "read_now", "set_interval", "ota"} == {
+        c["name"] for c in hello["commands"]
+    }

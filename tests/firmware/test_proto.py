@@ -1,4 +1,4 @@
-"""The firmware's encoder (proto.py) and ring (ring.py) under MicroPython, checked by the gateway's codec.
+"""The firmware's encoders (proto.py, hello.py, command.py, outbox.py) and ring under MicroPython, checked by the gateway's codec.
 
 The shared vectors (tests/vectors/messages.json) drive the main test: the
 firmware builds every accepted device-direction message, and the gateway's
@@ -18,15 +18,30 @@ from iotgw_common.protocol import decode_device_message
 from tests.firmware.mp import run_script
 from tests.protocol.vectors import load_messages, render_value
 
-ENCODE_ALL = """
+FRAME = """
+import outbox, ring
+def frame(seq, items):
+    # Render one frame the way the board does: records in a ring, built by the outbox.
+    ob = outbox.Outbox(140000, 1, 65536, 500, outbox.Clock())
+    ob.next_seq = seq
+    for ts, text, is_event in items:
+        assert ob.put(ring.WALL | (ring.EVENT if is_event else 0), ts, text)
+    return str(bytes(ob.build_next()[1]), "utf-8")
+"""
+
+ENCODE_ALL = (
+    FRAME
+    + """
 import json
+import command
+import hello
 import proto
 with open(sys.argv[1]) as f:
     messages = json.load(f)
 for m in messages:
     t = m["type"]
     if t == "hello":
-        text = proto.hello(m["stream"], m["agent"], m.get("last_acked", 0), m.get("sensors", []),
+        text = hello.hello(m["stream"], m["agent"], m.get("last_acked", 0), m.get("sensors", []),
                            m.get("commands", []), m.get("buffered", 0), m.get("dropped", 0),
                            m.get("info"), m.get("device"), m.get("protocol", 1))
     elif t == "readings":
@@ -34,20 +49,21 @@ for m in messages:
         for s in m["samples"]:
             vj, skipped = proto.values_json(s["values"])
             assert skipped == 0, s
-            samples.append((s["ts"], vj))
-        text = proto.readings(m["seq"], samples)
+            samples.append((s["ts"], vj, False))
+        text = frame(m["seq"], samples)
     elif t == "event":
         dj, skipped = proto.values_json(m.get("data", {}), allow_empty=True)
         assert skipped == 0
-        text = proto.event(m["seq"], m["ts"], m["name"], dj)
+        text = frame(m["seq"], [(m["ts"], '"%s","data":%s' % (m["name"], dj), True)])
     elif t == "status":
         text = proto.status(m.get("buffered", 0), m.get("dropped", 0), m.get("info"))
     elif t == "result":
-        text = proto.result(m["id"], m["ok"], m.get("value"), m.get("error"))
+        text = command.result(m["id"], m["ok"], m.get("value"), m.get("error"))
     else:
         raise ValueError(t)
     print(text)
 """
+)
 
 
 def encode_with_firmware(tmp_path: Path, messages: list[dict[str, Any]]) -> list[str]:
@@ -77,21 +93,25 @@ def test_every_accepted_device_vector_round_trips_through_the_gateway_codec(tmp_
 
 
 def test_values_the_gateway_would_refuse_are_skipped(tmp_path: Path) -> None:
-    script = """
+    script = (
+        FRAME
+        + """
 import json, proto
 vals = {"ok": 1.5, "nan": float("nan"), "inf": float("inf"), "neg_inf": -float("inf"), "none": None,
         "list": [1], "long": "x" * 257, "fine": "x" * 256, "9bad": 1, "bad name": 2, "flag": False}
 vj, skipped = proto.values_json(vals)
-print(proto.readings(1, [(1767225600000, vj)]))
+print(frame(1, [(1767225600000, vj, False)]))
 print(skipped)
 many = {"m%d" % i: i for i in range(70)}
 vj, skipped = proto.values_json(many)
-print(proto.readings(2, [(1767225600000, vj)]))
+print(frame(2, [(1767225600000, vj, False)]))
 print(skipped)
 print(proto.values_json({"nan": float("nan")})[0])
-print(proto.result("c1", True, {"x": float("nan"), "l": [1, float("inf")]}))
-print(proto.event(3, 1767225600000, "button", proto.values_json({}, allow_empty=True)[0]))
+import command
+print(command.result("c1", True, {"x": float("nan"), "l": [1, float("inf")]}))
+print(frame(3, [(1767225600000, '"button","data":' + proto.values_json({}, allow_empty=True)[0], True)]))
 """
+    )
     rc, out, err = asyncio.run(run_script(tmp_path, script))
     assert rc == 0, out + err
     lines = out.splitlines()
@@ -112,33 +132,50 @@ print(proto.event(3, 1767225600000, "button", proto.values_json({}, allow_empty=
     assert msgspec.to_builtins(decode_device_message(lines[6]))["name"] == "button"
 
 
-def test_ring_drops_the_oldest_and_counts(tmp_path: Path) -> None:
+def test_ring_in_bytes_drops_the_oldest_unpinned_and_counts(tmp_path: Path) -> None:
     script = """
-from ring import Ring
-lost = []
-r = Ring(3, on_drop=lost.append)
-for i in range(5):
-    r.put(i)
-print(len(r), r.dropped, lost, [r.peek(i) for i in range(len(r))], r.full())
-print(r.get(), r.get(), len(r))
-r.put(9)
-print([r.peek(i) for i in range(len(r))])
-r.clear()
-try:
-    r.get()
-except IndexError:
-    print("empty")
+from ring import Ring, HDR
+def texts(r):
+    out, p = [], r.head
+    while p < r.tail:
+        nxt, flags, ts, a, b = r.record(p)
+        out.append(str(bytes(r.mv[a:b]), "utf-8"))
+        p = nxt
+    return out
+r = Ring(256)                      # 256 bytes: 8 records of HDR + 21 bytes
+for i in range(10):
+    r.put(0, i, "%021d" % i)
+print(len(r), r.dropped, texts(r)[0][-1], texts(r)[-1][-1])
+r.pin(2 * (HDR + 21), 2)           # the two oldest are in a frame in flight
+for i in range(10, 14):
+    r.put(0, i, "%021d" % i)
+print(len(r), r.dropped, [t[-2:] for t in texts(r)])
+r.release(2 * (HDR + 21), 2)       # acked
+print(len(r), r.npinned, r.pinned, r.dropped)
+r.put(0, 14, "%021d" % 14)
+r.put(0, 15, "%021d" % 15)         # full again, without a drop
+r.pin(len(r) * (HDR + 21), len(r)) # everything in flight: a new record is the one lost
+print(r.put(0, 99, "%021d" % 99), r.dropped, len(r), texts(r)[-1][-2:])
+print(r.put(0, 1, "x" * 100))      # larger than a quarter of the ring: refused, counted
+print(r.dropped)
 """
     rc, out, err = asyncio.run(run_script(tmp_path, script))
     assert rc == 0, out + err
-    assert out.splitlines() == ["3 2 [0, 1] [2, 3, 4] True", "2 3 1", "[4, 9]", "empty"]
+    assert out.splitlines() == [
+        "8 2 2 9",
+        "8 6 ['02', '03', '08', '09', '10', '11', '12', '13']",
+        "6 0 0 6",
+        "False 7 8 15",
+        "False",
+        "8",
+    ]
 
 
 def test_clock_conversion_survives_tick_wraparound(tmp_path: Path) -> None:
     # Boards wrap ticks_ms at 2**30; every conversion goes through ticks_diff.
     script = """
 import time
-from link import Clock
+from outbox import Clock
 P = time.ticks_add(0, -1) + 1  # the port's tick period
 c = Clock()
 t_sent = time.ticks_add(0, -300)       # 300 ms before the wrap

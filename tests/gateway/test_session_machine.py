@@ -20,6 +20,7 @@ from gateway.device.session import (
     Greeting,
     HelloAccepted,
     MetaUpdate,
+    NewNames,
     Output,
     Refusal,
     SessionMachine,
@@ -36,7 +37,13 @@ from iotgw_common.protocol import (
     Welcome,
     decode_gateway_message,
 )
-from iotgw_common.protocol.messages import MAX_FRAME_BYTES, MAX_SAMPLES, MAX_STRING_LENGTH, MAX_VALUES
+from iotgw_common.protocol.messages import (
+    MAX_FRAME_BYTES,
+    MAX_NESTING_DEPTH,
+    MAX_SAMPLES,
+    MAX_STRING_LENGTH,
+    MAX_VALUES,
+)
 from tests.protocol.vectors import load_sessions, render, render_value
 
 SCENARIOS = load_sessions()
@@ -82,6 +89,11 @@ def opened(m: SessionMachine | None = None, *, committed: int = 0) -> tuple[Sess
     return m, stream
 
 
+def data_of(out: Output | None) -> Output | None:
+    """An accepted data frame as such, also when it brought new names (``NewNames``, quotas)."""
+    return out.message if isinstance(out, NewNames) else out
+
+
 def error_of(out: Output | None) -> tuple[str, int | None]:
     assert isinstance(out, Refusal), out
     sent = decode_gateway_message(out.frame)
@@ -103,7 +115,7 @@ def play(scenario: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     stored_events: list[Any] = []
     for number, step in enumerate(scenario["steps"]):
         frame = render(step["send"], NOW, step.get("pad_to_bytes"))
-        out = m.receive_frame(frame)
+        out = data_of(m.receive_frame(frame))
         where = f"step {number}: sent {frame[:120]!r}"
         expect = step["expect"]
         if isinstance(out, Readings | Event):
@@ -220,6 +232,7 @@ def test_welcome_carries_device_clock_last_seq_limits_and_settings() -> None:
             "max_values": MAX_VALUES,
             "max_string_length": MAX_STRING_LENGTH,
             "max_clock_skew_ms": 1234,
+            "max_nesting_depth": MAX_NESTING_DEPTH,
         },
     )
     assert greeting.meta["agent"] == "test/1"
@@ -243,7 +256,7 @@ def test_welcome_without_sample_interval_leaves_settings_empty() -> None:
 
 def test_valid_readings_come_back_as_the_decoded_frame_and_count() -> None:
     m, stream = opened()
-    out = m.receive_frame(readings(5, temp=20.5))
+    out = data_of(m.receive_frame(readings(5, temp=20.5)))
     assert isinstance(out, Readings)
     assert out.seq == 5
     assert (stream.high, stream.inflight, stream.committed) == (5, 1, 0)
@@ -253,7 +266,7 @@ def test_valid_readings_come_back_as_the_decoded_frame_and_count() -> None:
 def test_seq_at_or_below_last_stored_is_refused_after_a_reconnect() -> None:
     m, stream = opened(committed=9)
     assert error_of(m.receive_frame(readings(9))) == ("seq_not_increasing", 9)
-    assert isinstance(m.receive_frame(readings(10)), Readings)
+    assert isinstance(data_of(m.receive_frame(readings(10))), Readings)
     assert stream.high == 10
 
 
@@ -261,7 +274,7 @@ def test_clock_skew_is_checked_with_the_given_clock() -> None:
     m, stream = opened()
     assert error_of(m.receive_frame(readings(1, ts=NOW + 300_001))) == ("clock_skew", 1)
     assert stream.high == 0  # refused: the seq may be used again
-    assert isinstance(m.receive_frame(readings(1, ts=NOW + 300_000)), Readings)
+    assert isinstance(data_of(m.receive_frame(readings(1, ts=NOW + 300_000))), Readings)
 
 
 def test_status_becomes_a_metadata_update_stamped_by_the_clock() -> None:

@@ -25,7 +25,7 @@ import pytest
 from iotgw_common._version import __version__
 from tests.support.gateway import REPO
 
-IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "demo-data",
+IGNORE = shutil.ignore_patterns(".git", ".venv", ".venv-*", "build", "dist", "*.egg-info", "__pycache__", "demo-data",
                                 ".*_cache", "test-artifacts", "tests", "bench", "results")  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import store
-from gateway.store import registry
+from gateway.store import delivery, registry
 from tests.support.gateway import repo_env
 
 pytestmark = pytest.mark.slow
@@ -26,6 +26,8 @@ def test_demo_runs_three_simulated_agents_and_a_board_and_says_where_to_look(tmp
     assert "Stop with Ctrl-C" in out
     summary = out.split("A summary prints here")[1]
     assert "board-greenhouse (the real MicroPython firmware" in out  # micropython is a test dependency
+    # mosquitto is a system dependency: the demo bridges to a private broker (docs/mqtt.md)
+    assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -v -t 'iotgw/#'", out), out
     for name in ("pi-kitchen", "pi-greenhouse", "pi-garage", "board-greenhouse"):
         counts = [int(n) for n in re.findall(rf"{name}\s+(\d+) readings", summary)]
         assert counts and counts[-1] > 0, f"{name}: no readings in the summary:\n{summary}"
@@ -40,6 +42,8 @@ def test_demo_runs_three_simulated_agents_and_a_board_and_says_where_to_look(tmp
         assert devices["pi-kitchen"].labels == {"site": "home", "room": "kitchen"}
         sensors = {s["metric"] for s in devices["pi-kitchen"].sensors}
         assert {"cpu_temp", "soil_moisture", "light", "distance_m"} <= sensors
+        bridge = delivery.read_status(conn, "mqtt")
+        assert bridge.configured and bridge.sent_readings > 0 and bridge.dead_letters == 0
     finally:
         conn.close()
     # A second run resumes with the same devices (tokens reused from the agent configs).

@@ -121,10 +121,14 @@ def test_vectors_cover_every_message_type() -> None:
     assert accepted == {("device", t) for t in device} | {("gateway", t) for t in gateway}
 
 
+SESSION_ONLY = {"clock_skew", "seq_not_increasing", "hello_required", "unexpected_message"}
+# per-device quotas: gateway settings, tested against a gateway (tests/gateway/test_quotas.py)
+QUOTA_CODES = {"too_many_metrics", "too_many_event_names", "rate_limited"}
+
+
 def test_vectors_cover_every_codec_error_code() -> None:
-    session_only = {"clock_skew", "seq_not_increasing", "hello_required", "unexpected_message"}
     produced = {v["code"] for v in MESSAGES if v["expect"] == "error"}
-    assert produced == {c.value for c in ErrorCode} - session_only
+    assert produced == {c.value for c in ErrorCode} - SESSION_ONLY - QUOTA_CODES
 
 
 def test_render() -> None:
@@ -287,13 +291,18 @@ def test_sessions_are_well_formed() -> None:
 
 def test_sessions_cover_every_refusal() -> None:
     by_name = {s["name"]: s for s in SESSIONS}
+    interleaved = ("invalid_between_valid", "hostile_names_and_encoding", "bounds_and_conformance")
     between = {
-        st["expect"]["error"] for st in by_name["invalid_between_valid"]["steps"] if "error" in st["expect"]
+        st["expect"]["error"]
+        for name in interleaved
+        for st in by_name[name]["steps"]
+        if "error" in st["expect"]
     }
     codec_codes = {v["code"] for v in MESSAGES if v["expect"] == "error" and v["direction"] == "device"}
     assert between == codec_codes
     everywhere = {st["expect"].get("error") for s in SESSIONS for st in s["steps"]} - {None}
-    assert everywhere == {c.value for c in ErrorCode} - {"hello_required"}  # needs a session without hello
+    # hello_required needs a session without hello; quotas are gateway settings
+    assert everywhere == {c.value for c in ErrorCode} - {"hello_required"} - QUOTA_CODES
     expected = {
         "invalid_between_valid",
         "seq_going_backwards",

@@ -85,6 +85,7 @@ def test_limits_in_the_doc_match_the_code() -> None:
         ("max_values", m.MAX_VALUES),
         ("max_string_length", m.MAX_STRING_LENGTH),
         ("max_clock_skew_ms", m.DEFAULT_MAX_CLOCK_SKEW_MS),
+        ("max_nesting_depth", m.MAX_NESTING_DEPTH),
     ]:
         assert re.search(rf"`{name}`[^|]*\| {value} ", limits), name
     assert f"| {m.HARD_FRAME_BYTES} bytes |" in limits

@@ -293,7 +293,7 @@ TRICKY: list[dict[str, bool | float | str]] = [
 async def write_mixed_batches(path: Path, ids: list[int], *, expect_bulk: bool) -> None:
     """30 frames (readings of 1-3 tricky samples, every fifth an event) over three devices, in several batches."""
     committer = await started(path)
-    assert committer._bulk is expect_bulk
+    assert committer._batches._bulk is expect_bulk
     sink = Sink()
     for seq in range(1, 31):
         device = ids[seq % 3]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -266,3 +267,63 @@ class VictoriaMetrics(_Server):
         if status != 200:
             raise RuntimeError(f"export {match!r}: HTTP {status}: {body[:500]!r}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+class Mosquitto(_Server):
+    """``mosquitto`` (Debian package) on a free loopback port, with persistence under ``directory``.
+
+    ``acl``: the text of an ACL file (then clients log in: ``passwords`` maps user -> password);
+    without it anonymous clients may do anything. ``stop()``/``launch()`` is an outage with the
+    same port, retained messages and persistent sessions.
+    """
+
+    name = "mosquitto"
+
+    def __init__(self, directory: Path, *, acl: str | None = None,
+                 passwords: dict[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(directory)
+        self.binary = _binary("mosquitto", "mosquitto")
+        self.config_path = self.directory / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.directory}/",
+            "max_queued_messages 1000000",
+            "log_type error",
+            "log_type warning",
+            "log_dest stdout",
+        ]
+        if acl is None:
+            lines.append("allow_anonymous true")
+        else:
+            (self.directory / "acl").write_text(acl)
+            pw = self.directory / "passwords"
+            pw.write_text("".join(f"{user}:{secret}\n" for user, secret in (passwords or {}).items()))
+            pw.chmod(0o600)
+            subprocess.run([_binary("mosquitto_passwd", "mosquitto"), "-U", str(pw)], check=True)
+            lines += ["allow_anonymous false", f"password_file {pw}", f"acl_file {self.directory / 'acl'}"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # keep our temp dir readable: do not drop privileges
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, directory: Path, *, acl: str | None = None,
+              passwords: dict[str, str] | None = None) -> Iterator[Mosquitto]:  # fmt: skip
+        server = cls(directory, acl=acl, passwords=passwords)
+        server.launch()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    def _command(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+            return True

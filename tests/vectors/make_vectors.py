@@ -75,6 +75,7 @@ LIMITS = {
     "max_values": 64,
     "max_string_length": 256,
     "max_clock_skew_ms": 300000,
+    "max_nesting_depth": 32,
 }
 
 HELLO_FULL = {
@@ -553,6 +554,200 @@ def hostile_frames(seq: int) -> list[dict[str, Any]]:
     ]
 
 
+def nested(depth: int, leaf: str = "1") -> str:
+    """JSON text of arrays nested ``depth`` deep around ``leaf``."""
+    return "[" * depth + leaf + "]" * depth
+
+
+def bounds_frames(seq: int) -> list[dict[str, Any]]:
+    """Refusals of issue 12 (docs/protocol.md, sections 1, 8 and 9).
+
+    Integers beyond what the store holds (±(2^53 - 1)), frames nested deeper than
+    max_nesting_depth (32; the top object is level 1), control characters in strings
+    shown as one-line labels, a repeated ``type`` key with another value, and text
+    around the object.
+    """
+    ok = frame(readings(seq, {"temp": 1.5}))
+    hello = {"type": "hello", "stream": "s1"}
+    result = {"type": "result", "id": "c-1", "ok": True}
+    # brackets in strings that would hide the depth if strings were not skipped: [")",[")",...
+    hiding = "".join('[")",' for _ in range(40)) + "1" + "".join(',"("]' for _ in range(40))
+    truncated = frame({"type": "readings", "seq": seq, "samples": [{"ts": "$NOW", "values": {"t": 1}}] * 40})
+    return [
+        # integers: every integer field within ±(2^53 - 1); seq and ts keep their own codes
+        refuse("status_buffered_above_2_53", {"type": "status", "buffered": 2**53}, "out_of_range", None),
+        refuse("status_dropped_above_int64", {"type": "status", "dropped": 2**64}, "out_of_range", None),
+        refuse("status_info_int_above_2_53", {"type": "status", "info": {"n": 2**53}}, "out_of_range", None),
+        refuse(
+            "status_info_int_below_minus_2_53",
+            {"type": "status", "info": {"n": -(2**53)}},
+            "out_of_range",
+            None,
+        ),
+        refuse(
+            "status_info_int_5000_digits",
+            '{"type":"status","info":{"n":1' + "0" * 5000 + "}}",
+            "out_of_range",
+            None,
+        ),
+        refuse(
+            "hello_last_acked_above_2_53", {**hello, "agent": "a", "last_acked": 2**53}, "out_of_range", None
+        ),
+        refuse(
+            "hello_protocol_above_int64", {**hello, "agent": "a", "protocol": 2**64}, "out_of_range", None
+        ),
+        refuse(
+            "hello_info_int_above_2_53", {**hello, "agent": "a", "info": {"n": 2**53}}, "out_of_range", None
+        ),
+        refuse("result_value_int_above_2_53", {**result, "value": {"n": [1, 2**53]}}, "out_of_range", None),
+        refuse("result_value_int_below_minus_2_53", {**result, "value": -(2**53)}, "out_of_range", None),
+        refuse("ts_above_2_53", readings(seq, {"t": 1}, ts=2**53), "bad_timestamp", seq),
+        refuse("event_ts_above_int64", event(seq, "door", ts=2**64), "bad_timestamp", seq),
+        refuse("seq_above_int64", readings(2**64, {"t": 1}), "invalid_message", None),
+        # nesting: refused before decoding, so the seq is not read (null)
+        refuse("nested_1000_in_a_value", readings(seq, {"t": raw(nested(1000))}), "nesting_too_deep", None),
+        refuse("nested_33_in_result_value", {**result, "value": raw(nested(32))}, "nesting_too_deep", None),
+        refuse(
+            "nested_33_in_unknown_field",
+            {"type": "status", "extra": raw(nested(32))},
+            "nesting_too_deep",
+            None,
+        ),
+        refuse("nested_1000_unclosed", '{"type":"status","extra":' + "[" * 1000, "nesting_too_deep", None),
+        refuse(
+            "nested_41_behind_brackets_in_strings",
+            {**result, "value": raw(hiding)},
+            "nesting_too_deep",
+            None,
+        ),
+        refuse("many_brackets_truncated", truncated[: len(truncated) - 30], "invalid_json", None),
+        # control characters in one-line labels (section 8); values and result.error may hold them
+        refuse("hello_agent_newline", {**hello, "agent": "fw/1\nERROR forged line"}, "invalid_message", None),
+        refuse("hello_agent_escape_sequence", {**hello, "agent": "\u001b[31mred"}, "invalid_message", None),
+        refuse("hello_agent_c1_csi", {**hello, "agent": "fw\u009b31m"}, "invalid_message", None),
+        refuse("hello_agent_line_separator", {**hello, "agent": "fw\u2028x"}, "invalid_message", None),
+        refuse("hello_agent_del", {**hello, "agent": "fw\u007f"}, "invalid_message", None),
+        refuse(
+            "hello_sensor_unit_tab",
+            {**hello, "agent": "a", "sensors": [{"metric": "t", "unit": "deg\tC"}]},
+            "invalid_message",
+            None,
+        ),
+        refuse(
+            "hello_command_description_newline",
+            {**hello, "agent": "a", "commands": [{"name": "ping", "description": "a\nb"}]},
+            "invalid_message",
+            None,
+        ),
+        refuse(
+            "hello_command_arg_nul",
+            {**hello, "agent": "a", "commands": [{"name": "set", "args": {"v": "x\u0000"}}]},
+            "invalid_message",
+            None,
+        ),
+        refuse(
+            "status_info_string_carriage_return",
+            {"type": "status", "info": {"fw": "1.0\r"}},
+            "invalid_message",
+            None,
+        ),
+        refuse("result_id_newline", {**result, "id": "c-1\n"}, "invalid_message", None),
+        # a repeated type key with another value (section 1)
+        refuse(
+            "repeated_type_other_value",
+            frame(readings(seq, {"t": 1}))[:-1] + ',"type":"status"}',
+            "invalid_message",
+            seq,
+        ),
+        refuse("repeated_type_unknown_value", '{"type":"status","type":"bogus"}', "invalid_message", None),
+        # text around the object (section 1)
+        refuse("trailing_second_object_after_space", ok + " " + ok, "invalid_json", None),
+        refuse("trailing_nul", ok + "\u0000", "invalid_json", None),
+        refuse("trailing_comma", ok + ",", "invalid_json", None),
+        refuse("leading_byte_order_mark", "\ufeff" + ok, "invalid_json", None),
+    ]
+
+
+ACCEPTED_BOUNDS = [
+    accept(
+        "status_counters_at_2_53_minus_1",
+        "device",
+        {
+            "type": "status",
+            "buffered": 2**53 - 1,
+            "dropped": 2**53 - 1,
+            "info": {"a": 2**53 - 1, "b": 1 - 2**53},
+        },
+        {
+            "type": "status",
+            "buffered": 2**53 - 1,
+            "dropped": 2**53 - 1,
+            "info": {"a": 2**53 - 1, "b": 1 - 2**53},
+        },
+    ),
+    accept(
+        "status_info_large_float",  # only integers are bounded; a float is a float
+        "device",
+        {"type": "status", "info": {"energy_j": 1.5e300}},
+        {"type": "status", "info": {"energy_j": 1.5e300}},
+    ),
+    accept(
+        "readings_ts_at_2_53_minus_1_decodes",  # the codec takes it; the session's clock check refuses it
+        "device",
+        readings(7, {"t": 1.5}, ts=2**53 - 1),
+        readings(7, {"t": 1.5}, ts=2**53 - 1),
+    ),
+    accept(
+        "result_value_nested_32",  # the top object is level 1, so the value may hold 31 levels
+        "device",
+        '{"type":"result","id":"c-1","ok":true,"value":' + nested(31) + "}",
+        {"type": "result", "id": "c-1", "ok": True, "value": json.loads(nested(31))},
+    ),
+    accept(
+        "result_value_int_2_53_minus_1",
+        "device",
+        {"type": "result", "id": "c-1", "ok": True, "value": {"n": [2**53 - 1, 1 - 2**53]}},
+        {"type": "result", "id": "c-1", "ok": True, "value": {"n": [2**53 - 1, 1 - 2**53]}},
+    ),
+    accept(
+        "readings_brackets_and_quotes_in_strings",  # text, not structure: no nesting counted
+        "device",
+        readings(7, {"note": "[" * 200 + '"\\', "other": "]}" * 100}),
+        readings(7, {"note": "[" * 200 + '"\\', "other": "]}" * 100}),
+    ),
+    accept(
+        "readings_control_characters_in_values",  # values are data: stored, escaped wherever they go
+        "device",
+        readings(7, {"note": "line 1\nline 2\ttab \u001b[0m \u2028"}),
+        readings(7, {"note": "line 1\nline 2\ttab \u001b[0m \u2028"}),
+    ),
+    accept(
+        "result_error_with_newline",  # a program's error text may span lines: data, kept as sent
+        "device",
+        {"type": "result", "id": "c-1", "ok": False, "error": "exit 2:\nno such file"},
+        {"type": "result", "id": "c-1", "ok": False, "error": "exit 2:\nno such file"},
+    ),
+    accept(
+        "hello_agent_non_ascii",  # only control characters are refused in labels
+        "device",
+        {"type": "hello", "stream": "s1", "agent": "Grüße-fw/1 ✓ (温度)"},
+        {"type": "hello", "stream": "s1", "agent": "Grüße-fw/1 ✓ (温度)"},
+    ),
+    accept(
+        "repeated_type_same_value",
+        "device",
+        '{"type":"status","type":"status","buffered":2}',
+        {"type": "status", "buffered": 2},
+    ),
+    accept(
+        "repeated_key_last_wins",
+        "device",
+        '{"type":"readings","seq":7,"seq":8,"samples":[{"ts":$NOW,"values":{"t":1,"t":2}}]}',
+        readings(8, {"t": 2.0}),
+    ),
+]
+
+
 BAD_HELLOS = [
     refuse("hello_missing_stream", {"type": "hello", "agent": "a"}, "invalid_message", None),
     refuse("hello_missing_agent", {"type": "hello", "stream": "s1"}, "invalid_message", None),
@@ -598,9 +793,11 @@ BAD_HELLOS = [
 def messages() -> dict[str, Any]:
     vectors = [
         *ACCEPTED_DEVICE,
+        *ACCEPTED_BOUNDS,
         *ACCEPTED_GATEWAY,
         *bad_frames(7),
         *hostile_frames(7),
+        *bounds_frames(7),
         *BAD_HELLOS,
         *REFUSED_GATEWAY,
     ]
@@ -701,6 +898,7 @@ def sessions() -> dict[str, Any]:
 
     n_bad = len(bad_frames(1))
     n_hostile = len(hostile_frames(1))
+    n_bounds = len(bounds_frames(1))
     scenarios = [
         interleaved(
             "invalid_between_valid",
@@ -714,7 +912,27 @@ def sessions() -> dict[str, Any]:
             "a frame over max_frame_bytes in UTF-8 bytes but not in characters",
             classes(hostile_frames, n_hostile),
         ),
+        interleaved(
+            "bounds_and_conformance",
+            "issue 12: integers beyond 2^53 - 1, nesting deeper than 32, control characters in labels, "
+            "a repeated type key, text around the object; no refusal disturbs the session or the store",
+            classes(bounds_frames, n_bounds),
+        ),
     ]
+
+    s = Session(
+        "repeated_keys_last_wins",
+        "a repeated key takes its last value (type excepted: see bounds_and_conformance); what is "
+        "stored is exactly what was validated",
+    )
+    s.readings(1)
+    s.send(
+        '{"type":"readings","seq":2,"seq":3,"samples":[{"ts":$NOW-500,"values":{"t":1,"t":2}}]}', {"ack": 3}
+    )
+    s.stored.append([3, "$NOW-500", {"t": 2.0}])
+    s.send(readings(3, {"t": 9.0}), {"error": "seq_not_increasing", "seq": 3})
+    s.readings(4)
+    scenarios.append(s.build())
 
     s = Session("seq_going_backwards", "a seq at or below the highest received is refused and not stored")
     s.readings(1)

@@ -11,6 +11,14 @@ v2 writer (``writers``); its ``WriteError`` becomes the engine's ``DeliveryError
 
 Each point is keyed by series and millisecond timestamp, so a batch the engine replays
 after a crash overwrites identical points and creates no duplicates.
+
+Units: a point holds every metric of one sample, so a unit cannot be a tag of it. When a
+device's declared units are new to this sink (its first reading since start, a ``hello`` that
+changed them, or ``UNITS_RESEND_S`` later), the line of its next reading is preceded by one
+point per declared metric that has a unit, in ``<measurement>_units`` (tags: device, labels,
+``metric``; fields ``unit`` and ``kind``, as the device declared them in ``hello``), at that
+reading's timestamp, until a write that carried them succeeds (the engine may encode a batch
+and read it again later). Dashboards read the newest (docs/grafana.md).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from gateway.integrations.influx.lineprotocol import (
     LineError,
     check_measurement,
     encode_event,
+    encode_fields,
     encode_reading,
     join_lines,
     series_prefix,
@@ -32,13 +41,15 @@ from gateway.integrations.sink import DeliveryError, EncodeError
 from gateway.store import registry
 from gateway.store.delivery import cursor_name
 
-__all__ = ["EVENTS_CURSOR", "LABEL_CACHE_S", "NAME", "READINGS_CURSOR", "InfluxSink"]
+__all__ = ["EVENTS_CURSOR", "LABEL_CACHE_S", "NAME", "READINGS_CURSOR", "UNITS_RESEND_S", "InfluxSink"]
 
 NAME = "influx"
 """The sink's name: its state row, dead letters and config section (``influx.required``)."""
 READINGS_CURSOR = cursor_name(NAME, "readings")
 """``influx.readings``: stores in the field have this cursor; retention keeps rows above it."""
 EVENTS_CURSOR = cursor_name(NAME, "events")
+UNITS_RESEND_S = 6 * 3600.0
+"""Units points are written again this often, so InfluxDB's retention never leaves a metric without."""
 LABEL_CACHE_S = 30.0
 """How long a device's series prefix (name and labels) is reused before it is looked up again."""
 
@@ -69,6 +80,8 @@ class InfluxSink:
         self.literal_newlines = mode == "literal" or (mode == "auto" and settings.api == "v1")
         self._prefixes: dict[tuple[int, str | None], str] = {}
         self._prefixes_at = 0.0
+        self._units_due: dict[int, list[tuple[str, str]]] = {}  # device -> [(series prefix, fields)]
+        self._units_sent: dict[int, tuple[str, float]] = {}  # device -> (what, when written)
 
     def prepare(self, conn: sqlite3.Connection, *, resend: bool = False) -> None:
         if resend:  # labels may have been fixed since
@@ -80,7 +93,11 @@ class InfluxSink:
     def encode_reading(self, conn: sqlite3.Connection, device_id: int, ts: int, data: str) -> str:
         try:
             prefix = self._prefixes.get((device_id, None)) or self._prefix(conn, device_id, None)
-            return encode_reading(prefix, data, ts, literal_newlines=self.literal_newlines)
+            line = encode_reading(prefix, data, ts, literal_newlines=self.literal_newlines)
+            due = self._units_due.get(device_id)
+            if due:
+                return "".join(f"{unit_prefix}{fields} {int(ts)}\n" for unit_prefix, fields in due) + line
+            return line
         except LineError as exc:
             raise EncodeError(str(exc)) from None
 
@@ -109,13 +126,43 @@ class InfluxSink:
                 measurement += "_events"
             prefix = series_prefix(measurement, tags)  # raises LineError for a bad label
             self._prefixes[key] = prefix
+            if event is None and device is not None:
+                self._note_units(device_id, tags, device.sensors)
         return prefix
+
+    def _note_units(self, device_id: int, tags: dict[str, str], sensors: list[dict[str, object]]) -> None:
+        """Make the device's units due if they are new or were last written ``UNITS_RESEND_S`` ago."""
+        points = self._unit_points(tags, sensors)
+        what = repr(points)
+        sent = self._units_sent.get(device_id)
+        if points and (sent is None or sent[0] != what or time.monotonic() - sent[1] > UNITS_RESEND_S):
+            self._units_due[device_id] = points
+
+    def _unit_points(self, tags: dict[str, str], sensors: list[dict[str, object]]) -> list[tuple[str, str]]:
+        """``(series prefix, fields)`` of the units point of each declared metric that has a unit."""
+        points = []
+        for sensor in sensors:
+            metric, unit, kind = sensor.get("metric"), sensor.get("unit"), sensor.get("kind")
+            if not isinstance(metric, str) or not isinstance(unit, str) or not unit:
+                continue
+            fields = {"unit": unit, "kind": kind if isinstance(kind, str) else ""}
+            try:
+                prefix = series_prefix(f"{self.measurement}_units", {**tags, "metric": metric})
+            except LineError:  # a label that cannot be a tag fails the reading itself, not here
+                continue
+            points.append((prefix, encode_fields(fields, literal_newlines=self.literal_newlines)))
+        return points
 
     def write(self, items: list[str]) -> None:
         try:
             self.writer.write(join_lines(items))
         except WriteError as exc:
             raise _delivery_error(exc) from None
+        for device_id, points in list(self._units_due.items()):  # rarely any: new devices, new units
+            marker = points[0][0]
+            if any(item.startswith(marker) for item in items):
+                del self._units_due[device_id]
+                self._units_sent[device_id] = (repr(points), time.monotonic())
 
     def check(self) -> None:
         try:

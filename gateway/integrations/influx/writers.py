@@ -28,7 +28,30 @@ from typing import Protocol, cast
 
 from gateway.config import InfluxSettings
 
-__all__ = ["V1Writer", "V2Writer", "WriteError", "Writer", "make_writer"]
+__all__ = ["V1Writer", "V2Writer", "WriteError", "Writer", "make_writer", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the ``user:password@`` part (``***@`` in its place), for status and logs.
+
+    What ``target`` shows and every message naming ``influx.url`` goes through this: the status
+    (``/api/v1/status`` to read-role operators, ``iotgw status``) and the log never carry a secret.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<an unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _url_credentials(url: urllib.parse.SplitResult) -> tuple[str, str] | None:
+    """The ``user:password`` of a URL (percent-decoded), or None."""
+    if url.username is None:
+        return None
+    return urllib.parse.unquote(url.username), urllib.parse.unquote(url.password or "")
 
 
 class WriteError(Exception):
@@ -105,7 +128,7 @@ class V1Writer:
     def __init__(self, settings: InfluxSettings) -> None:
         url = urllib.parse.urlsplit(settings.url)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"influx.url {settings.url!r} is not an http:// or https:// URL")
+            raise ValueError(f"influx.url {redact_url(settings.url)!r} is not an http:// or https:// URL")
         self._https = url.scheme == "https"
         self._host = url.hostname
         self._port = url.port or (443 if self._https else 80)
@@ -115,13 +138,18 @@ class V1Writer:
             query["rp"] = settings.retention_policy
         self._path = url.path.rstrip("/") + "/write?" + urllib.parse.urlencode(query)
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        in_url = _url_credentials(url)  # user:password@ in the URL: HTTP Basic, as curl would
         if settings.token:
             self._headers["Authorization"] = f"Token {settings.token}"
-        elif settings.username:
-            pair = f"{settings.username}:{settings.password}".encode()
+        elif settings.username or in_url:
+            user, password = (
+                (settings.username, settings.password) if settings.username else in_url or ("", "")
+            )
+            pair = f"{user}:{password}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         rp = f", retention policy {settings.retention_policy}" if settings.retention_policy else ""
-        self.target = f"v1 {url.scheme}://{url.netloc}{url.path} database {settings.database}{rp}"
+        where = redact_url(urllib.parse.urlunsplit((url.scheme, url.netloc, url.path, "", "")))
+        self.target = f"v1 {where} database {settings.database}{rp}"
         self._conn: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -187,7 +215,7 @@ class V2Writer:
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
         org = f" org {settings.org}" if settings.org else ""
-        self.target = f"v2 {settings.url.rstrip('/')}{org} bucket {settings.bucket}"
+        self.target = f"v2 {redact_url(settings.url.rstrip('/'))}{org} bucket {settings.bucket}"
 
     def write(self, body: bytes) -> None:
         from influxdb_client.domain.write_precision import WritePrecision

@@ -20,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway import __version__
 from gateway.operator.api import live
 from gateway.operator.api.context import ApiContext
+from gateway.operator.api.limits import BodyLimits, LimitExceeded
 from gateway.operator.api.routes import API, public, router
 from gateway.operator.api.schemas import ErrorOut
+from gateway.operator.metrics import method_label
 
 OPENAPI_PATH = f"{API}/openapi.json"
 DOCS_PATH = f"{API}/docs"
@@ -45,7 +47,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = ErrorOut(detail=str(exc.detail)).model_dump(exclude_none=True)
+        code = exc.code if isinstance(exc, LimitExceeded) else None
+        body = ErrorOut(detail=str(exc.detail), code=code).model_dump(exclude_none=True)
         return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -58,12 +61,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         detail = f"invalid request: {where}: {first.get('msg', 'invalid')}" if first else "invalid request"
         return JSONResponse(ErrorOut(detail=detail, errors=errors).model_dump(exclude_none=True), 422)
 
+    # Added before the counting middleware, so it runs inside it: its refusals are counted too.
+    app.add_middleware(BodyLimits, ctx=ctx)
+
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        ctx.metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
+        method = method_label(request.method)  # bounded: a client cannot add a series
+        ctx.metrics.http_requests.labels(method, route, str(response.status_code)).inc()
         ctx.metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
         return response
 

@@ -28,8 +28,12 @@ bearer = HTTPBearer(
 )
 
 
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="iotgw operators"'}
+"""The headers of every 401 answer."""
+
+
 def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="iotgw operators"'})
+    return HTTPException(401, detail, headers=UNAUTHORIZED_HEADERS)
 
 
 async def current_operator(

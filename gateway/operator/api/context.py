@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 
@@ -34,6 +36,18 @@ class ApiContext:
     """operator id -> when its last_used_ms was last written (ms)."""
     feed: Feed | None = None
     """The live feed hub (gateway/operator/feed.py), served at /api/v1/feed by gateway/operator/api/live.py."""
+    live_status: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    """Sink name -> a callable returning its live state (``OperatorApi.live_status``)."""
+    feed_subscriptions: dict[int, int] = field(default_factory=dict)
+    """operator id -> live feed subscriptions open now (``api.feed_subscribers_per_token``)."""
+
+    def release_subscription(self, operator_id: int) -> None:
+        """One of the operator's feed subscriptions ended."""
+        left = self.feed_subscriptions.get(operator_id, 0) - 1
+        if left > 0:
+            self.feed_subscriptions[operator_id] = left
+        else:
+            self.feed_subscriptions.pop(operator_id, None)
 
 
 def context(request: Request) -> ApiContext:

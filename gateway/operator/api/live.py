@@ -9,8 +9,10 @@
   they never reach an access log. Then the gateway sends ``subscribed`` and every message of
   :mod:`gateway.operator.feed` that matches the filter, in order, until either side closes.
 
-Close codes of the feed: 4400 bad subscribe message, 4401 no or unknown token, 4408 no
-subscribe message in time, 4429 the subscriber fell behind (slow-subscriber policy), 1001
+Close codes of the feed: 4400 bad subscribe message, 4401 no or unknown token (also when the
+token is removed while subscribed: ``iotgw token remove`` ends its subscriptions), 4408 no
+subscribe message in time, 4409 the token holds ``api.feed_subscribers_per_token``
+subscriptions already, 4429 the subscriber fell behind (slow-subscriber policy), 1001
 the gateway is shutting down.
 """
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import sqlite3
 from importlib import resources
 from typing import Annotated, Any
 
@@ -30,7 +34,15 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from gateway.operator.api.auth import operator_for_token
 from gateway.operator.api.context import ApiContext
 from gateway.operator.api.routes import API
-from gateway.operator.feed import KINDS, FeedFilter, SubscriberTooSlow, SubscriptionClosed
+from gateway.operator.feed import (
+    KINDS,
+    Feed,
+    FeedFilter,
+    SubscriberTooSlow,
+    SubscriptionClosed,
+    SubscriptionRevoked,
+)
+from gateway.store import operators
 from gateway.tokens import bearer_token
 from iotgw_common.protocol.messages import DEVICE_NAME_PATTERN, METRIC_NAME_PATTERN
 
@@ -38,6 +50,8 @@ log = logging.getLogger(__name__)
 
 FEED_PATH = f"{API}/feed"
 SUBSCRIBE_TIMEOUT_S = 10.0
+TOKEN_CHECK_S = 0.5
+"""How often the subscribers' operator tokens are checked while anyone subscribes (``token remove``)."""
 MAX_FILTER_ITEMS = 256
 
 
@@ -47,6 +61,7 @@ class FeedClose:
     BAD_SUBSCRIBE = 4400
     UNAUTHORIZED = 4401
     SUBSCRIBE_TIMEOUT = 4408
+    TOO_MANY_SUBSCRIPTIONS = 4409
     TOO_SLOW = 4429
     GOING_AWAY = 1001
 
@@ -136,12 +151,21 @@ async def feed_socket(websocket: WebSocket) -> None:
         if feed is None:
             await websocket.close(FeedClose.GOING_AWAY, "the live feed is not running")
             return
+        held = ctx.feed_subscriptions.get(operator.id, 0)
+        if held >= ctx.settings.feed_subscribers_per_token:  # a quota per token (docs/api.md)
+            log.warning("live feed: %s refused: %d subscriptions open already", operator.name, held)
+            reason = f"too many subscriptions: this token holds {held} (api.feed_subscribers_per_token)"
+            await websocket.close(FeedClose.TOO_MANY_SUBSCRIPTIONS, _reason(reason))
+            return
         flt = FeedFilter(
             devices=frozenset(request.devices) if request.devices is not None else None,
             metrics=frozenset(request.metrics) if request.metrics is not None else None,
             kinds=kinds,
         )
-        sub, resumed = feed.subscribe(flt, after=request.after, epoch=request.epoch)
+        sub, resumed = feed.subscribe(flt, after=request.after, epoch=request.epoch, owner=token)
+        if feed.watch is None or feed.watch.done():
+            feed.watch = asyncio.create_task(_watch_tokens(ctx, feed), name="feed-token-watch")
+        ctx.feed_subscriptions[operator.id] = held + 1  # no await since the check: no race
         try:
             hello: dict[str, Any] = {
                 "type": "subscribed", "epoch": feed.epoch, "last_id": feed.last_id, "resumed": resumed,
@@ -152,6 +176,7 @@ async def feed_socket(websocket: WebSocket) -> None:
             code, reason = await _pump(websocket, sub)
         finally:
             sub.close()
+            ctx.release_subscription(operator.id)
         if code is not None:
             with contextlib.suppress(Exception):
                 await websocket.close(code, reason)
@@ -169,6 +194,8 @@ async def _pump(websocket: WebSocket, sub: Any) -> tuple[int | None, str]:
             except SubscriberTooSlow:
                 log.warning("live feed: subscriber dropped: more than %d messages behind", sub.maxsize)
                 return FeedClose.TOO_SLOW, f"too slow: resubscribe with after={sub.last_id}"
+            except SubscriptionRevoked as revoked:
+                return FeedClose.UNAUTHORIZED, str(revoked)
             except SubscriptionClosed:
                 return FeedClose.GOING_AWAY, "gateway shutting down"
             raw = sub.encode(entry)
@@ -193,6 +220,31 @@ async def _pump(websocket: WebSocket, sub: Any) -> tuple[int | None, str]:
     if sender in done and not sender.cancelled() and sender.exception() is None and connected:
         return sender.result()
     return None, ""
+
+
+async def _watch_tokens(ctx: ApiContext, feed: Feed) -> None:
+    """While the feed has subscribers: end those whose operator token was removed (close 4401).
+
+    ``iotgw token remove`` writes the store from another process; this finds out within
+    ``TOKEN_CHECK_S`` with one indexed lookup per distinct token, on the API's read pool.
+    """
+    while feed.subscribers:
+        await asyncio.sleep(TOKEN_CHECK_S)
+        held = feed.owners()
+        if not held:
+            continue
+        try:
+            valid = await ctx.reads.run(functools.partial(_still_valid, tokens=held))
+        except Exception as exc:  # the store is busy or failing: look again next time
+            log.warning("live feed: cannot check operator tokens: %s", exc)
+            continue
+        for token in held - valid:
+            ended = feed.revoke(token, "the operator token was removed (iotgw token remove)")
+            log.warning("live feed: %d subscription(s) ended: their operator token was removed", ended)
+
+
+def _still_valid(conn: sqlite3.Connection, tokens: set[str]) -> set[str]:
+    return {token for token in tokens if operators.find_by_token(conn, token) is not None}
 
 
 def _reason(text: str) -> str:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from gateway import __version__
 from gateway.integrations.influx.lineprotocol import check_label
 from gateway.integrations.influx.sink import NAME as INFLUX
+from gateway.integrations.mqtt.sink import NAME as MQTT
 from gateway.operator.api.auth import Controller, Reader
 from gateway.operator.api.context import ApiContext, context
 from gateway.operator.api.schemas import (
@@ -33,7 +34,7 @@ from gateway.operator.api.schemas import (
     PointOut,
     StatusOut,
 )
-from gateway.operator.commands import CommandError, UnknownCommand
+from gateway.operator.command_rules import CommandError, TooManyOpenCommands, UnknownCommand
 from gateway.operator.metrics import CONTENT_TYPE
 from gateway.store import delivery, ledger, registry
 from gateway.store import readings as history
@@ -55,14 +56,16 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "the token's role does not allow this",
         404: "no such device or command",
         409: "the command is past the state this needs",
+        413: "the request body is larger than api.max_body_bytes (code body_too_large)",
         422: "invalid request (or a command the device does not accept)",
+        429: "a quota is reached (code too_many_open_commands): docs/api.md, Limits and quotas",
     }
     return {code: {"model": ErrorOut, "description": text[code]} for code in codes}
 
 
 READ_ERRORS = _errors(401, 404, 422)
 CONTROL_ERRORS = _errors(401, 403, 404, 422)
-BODY_ERRORS = _errors(400, 401, 403, 404, 422)
+BODY_ERRORS = _errors(400, 401, 403, 404, 413, 422)
 
 DeviceName = Annotated[str, Path(max_length=64, description="the device's name")]
 TimeMs = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
@@ -136,7 +139,7 @@ async def healthz() -> Health:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> Response:
-    return Response(context(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(await context(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/status", response_model=StatusOut, responses=_errors(401), tags=["status"])
@@ -146,10 +149,14 @@ async def status(request: Request, _: Reader) -> StatusOut:
 
     def read(conn: sqlite3.Connection) -> tuple[int, list[dict[str, Any]]]:
         count = registry.count_devices(conn)
-        forwarder = delivery.read_status(conn, INFLUX)
-        return count, [msgspec.to_builtins(forwarder)] if forwarder.configured else []
+        sinks = [delivery.read_status(conn, name) for name in (INFLUX, MQTT)]
+        return count, [msgspec.to_builtins(sink) for sink in sinks if sink.configured]
 
     registered, forwarders = await ctx.reads.run(read)
+    for forwarder in forwarders:
+        live = ctx.live_status.get(forwarder["name"])
+        if live is not None:
+            forwarder["connection"] = live()
     c = ctx.committer
     return StatusOut(
         version=__version__,
@@ -345,6 +352,7 @@ async def events(
             "description": "not final yet (wait=false, or the timeout passed): poll it",
         },
         **BODY_ERRORS,
+        **_errors(429),
     },
     tags=["commands"],
 )
@@ -358,6 +366,8 @@ async def send_command(
         command = await ctx.commands.submit(
             record, body.name, body.args, sender=operator.name, timeout_s=body.timeout, ttl_s=body.ttl
         )
+    except TooManyOpenCommands as exc:
+        return JSONResponse(ErrorOut(detail=exc.detail, code=exc.code).model_dump(exclude_none=True), 429)
     except CommandError as exc:
         return JSONResponse(
             ErrorOut(detail=exc.detail, declared=exc.declared).model_dump(exclude_none=True), 422

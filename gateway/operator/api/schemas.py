@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.operator.commands import DEFAULT_TIMEOUT_S, DEFAULT_TTL_S, MAX_TIMEOUT_S, MAX_TTL_S
+from gateway.operator.command_rules import DEFAULT_TIMEOUT_S, DEFAULT_TTL_S, MAX_TIMEOUT_S, MAX_TTL_S
 from iotgw_common.protocol.messages import MAX_SEQ
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$"
@@ -27,10 +27,12 @@ class _Out(BaseModel):
 
 
 class ErrorOut(_Out):
-    """Every 4xx answer. ``declared``: a device's accepted commands (undeclared command);
-    ``errors``: what failed validation (422)."""
+    """Every 4xx answer. ``code``: a stable name for a refusal by a limit (docs/api.md, "Limits and
+    quotas"); ``declared``: a device's accepted commands (undeclared command); ``errors``: what
+    failed validation (422)."""
 
     detail: str
+    code: str | None = None
     declared: list[str] | None = None
     errors: list[dict[str, Any]] | None = None
 
@@ -182,6 +184,8 @@ class StatusOut(_Out):
     commands_open: dict[str, int]
     commands_finished: dict[str, int]
     forwarders: list[dict[str, Any]] = Field(
-        description="InfluxDB forwarder: state, target, last success, retries, pending readings, "
-        "oldest pending timestamp (ms), dead letters; empty when no forwarder is configured"
+        description="Each delivery sink that is on (name influx, mqtt): state, target, last success, "
+        "retries, pending readings, oldest pending timestamp (ms), dead letters; the MQTT bridge adds "
+        "connection (broker, connected, connects, disconnects, in_flight, last_error, devices_online); "
+        "empty when no sink is configured"
     )

@@ -14,14 +14,18 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from gateway.config import ApiSettings
+from gateway.device.admission import AddressLimiter
 from gateway.device.server import DeviceServer
+from gateway.operator.api.connections import ConnectionLimits
 from gateway.operator.api.context import ApiContext
 from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
@@ -57,12 +61,28 @@ def _listen(host: str, port: int, family: socket.AddressFamily) -> socket.socket
 
 
 class ApiServer:
-    """``await start()`` serves ``app`` on host:port; ``await stop()``; ``port`` is the bound one."""
+    """``await start()`` serves ``app`` on host:port; ``await stop()``; ``port`` is the bound one.
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    ``ssl_context`` (iotgw_common.tls.server_context) serves ``https://``. The server keeps
+    using that very context, so a certificate reloaded into it (SIGHUP, gateway/cli/serve.py)
+    is what new connections get; keep-alive connections already open keep the old one.
+    """
+
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        settings: ApiSettings | None = None,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self.settings = settings or ApiSettings()
+        """The connection limits (docs/api.md, "Limits and quotas"); host and port come from the arguments."""
+        self.limits: ConnectionLimits | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -71,12 +91,19 @@ class ApiServer:
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
         if ":" in shown:
             shown = f"[{shown}]"
-        return f"http://{shown}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{shown}:{self.port}"
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = _listen(self.host, self.port, family)
         self.port = sock.getsockname()[1]
+        s = self.settings
+        limits = self.limits = ConnectionLimits(
+            max_connections=s.max_connections,
+            per_address=AddressLimiter(s.max_connections_per_address, s.exempt_networks()),
+            header_timeout=s.header_timeout,
+        )
         config = uvicorn.Config(
             self.app,
             lifespan="off",
@@ -85,7 +112,17 @@ class ApiServer:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=GRACE_S,
+            http=limits.http_protocol(),  # per-address and total caps, header timeout (connections.py)
+            ws=limits.ws_protocol(),
+            limit_concurrency=s.max_connections,  # requests in progress; beyond: 503
+            timeout_keep_alive=max(1, round(s.keep_alive_timeout)),
+            h11_max_incomplete_event_size=s.max_header_bytes,
         )
+        if self.ssl_context is not None:
+            # uvicorn builds its own context from ssl_certfile at load(); load first, then hand
+            # it ours, which create_server uses as is (and SIGHUP can reload in place).
+            config.load()
+            config.ssl = self.ssl_context
         server = self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name="operator-api")
         while not server.started:
@@ -125,10 +162,14 @@ class OperatorApi:
         committer: GroupCommitter,
         store_path: Path,
         feed: Feed | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self._ssl = ssl_context
         self._parts = (commands, devices, committer, store_path)
         self._feed = feed
+        self.live_status: dict[str, Callable[[], dict[str, Any]]] = {}
+        """Sink name -> its live state (the MQTT bridge's connection), shown in /api/v1/status."""
         self.server: ApiServer | None = None
         self._reads: ReadPool | None = None
         self._sampler: asyncio.Task[None] | None = None
@@ -167,9 +208,10 @@ class OperatorApi:
             rate=rate,
             metrics=metrics,
             feed=self._feed,
+            live_status=self.live_status,
         )
         self._sampler = asyncio.create_task(_sample_every_second(rate), name="ingest-rate")
-        server = ApiServer(create_app(ctx), self.settings.host, self.settings.port)
+        server = ApiServer(create_app(ctx), self.settings.host, self.settings.port, self._ssl, self.settings)
         try:
             await server.start()
         except BaseException:
