@@ -15,6 +15,7 @@ PACKAGES=(
   systemd                                    # systemd-analyze verify/security on the units (tests/install)
   influxdb victoria-metrics                  # InfluxDB 1.x (v1 /write) and a v2-write-API server, for tests/influx
   chromium chromium-driver                   # the live web page, tested in a real headless browser
+  prometheus                                 # promtool: check and unit-test docs/alerting/ (tests/gateway/test_alerting.py)
 )
 
 missing=()

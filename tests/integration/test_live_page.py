@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 import urllib.request
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -33,7 +35,24 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
 EXTERNAL = re.compile(r"https?://(?!www\.w3\.org/2000/svg)")
+# The forwarder points at a port where no InfluxDB listens: a real outage, a growing backlog.
+INFLUX_DOWN = {  # IOTGW_INFLUX_URL is added by the fixture
+    "IOTGW_INFLUX_ENABLED": "true",
+    "IOTGW_INFLUX_API": "v1",
+    "IOTGW_INFLUX_DATABASE": "iotgw",
+    "IOTGW_INFLUX_MAX_DELAY": "0.2",
+    "IOTGW_INFLUX_RETRY_MAX": "1.0",
+    "IOTGW_INFLUX_TIMEOUT": "2",
+}
 LED = '\n[[actuators]]\ntype = "led"\nname = "led"\npin = 27\n'
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 class LoopThread:
@@ -53,7 +72,11 @@ class LoopThread:
 
 
 class Thermometer:
-    """A scripted device: readings on demand, and a declared ``beep`` command it answers."""
+    """A scripted device: readings on demand, a ``beep`` command, and two outputs.
+
+    It declares a relay ``fan`` whose ``set`` always fails (so the page must show why) and a
+    dimmable ``dim`` (pwm_led) that reports back the level it was set to.
+    """
 
     def __init__(self, url: str, token: str) -> None:
         self.device = ScriptedDevice(url, token, stream="thermo")
@@ -65,7 +88,15 @@ class Thermometer:
         await self.device.__aenter__()
         await self.device.hello(
             sensors=[{"metric": "temp", "unit": "degC"}],
-            commands=[{"name": "beep", "description": "beep n times", "args": {"times": "how many"}}],
+            commands=[
+                {"name": "beep", "description": "beep n times", "args": {"times": "how many"}},
+                {
+                    "name": "set",
+                    "description": "set an output",
+                    "args": {"target": "output", "value": "level"},
+                },
+            ],
+            info={"outputs": "fan:output,dim:pwm_led"},
         )
         self._reader = asyncio.create_task(self._read())
 
@@ -74,8 +105,21 @@ class Thermometer:
             message = await self.device.next(timeout=3600)
             if message["type"] == "command":
                 self.commands.append(message)
-                times = message["args"].get("times")
-                result = {"type": "result", "id": message["id"], "ok": True, "value": {"beeped": times}}
+                args = message["args"]
+                result: dict[str, Any] = {"type": "result", "id": message["id"], "ok": True}
+                if message["name"] == "beep":
+                    result["value"] = {"beeped": args.get("times")}
+                elif args.get("target") == "dim":
+                    level = args["value"]
+                    result["value"] = {
+                        "target": "dim",
+                        "type": "pwm_led",
+                        "value": level,
+                        "pin": 12,
+                        "pin_state": level,
+                    }
+                else:
+                    result.update(ok=False, error="set failed: OSError: the fan relay does not answer")
                 await self.device.send(json.dumps(result))
 
     async def send(self, **values: Any) -> int:
@@ -102,7 +146,9 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("live")
-    with GatewayProcess.start(tmp / "gw") as gw:
+    with GatewayProcess.start(
+        tmp / "gw", env={**INFLUX_DOWN, "IOTGW_INFLUX_URL": f"http://127.0.0.1:{closed_port()}"}
+    ) as gw:
         token = gw.add_operator("alice", "control")
         agent = AgentProcess(tmp, "pi-kitchen", gw.device_url, gw.add_device("pi-kitchen"), interval=0.2)
         agent.config_path.write_text(agent.config_path.read_text() + LED)
@@ -147,8 +193,10 @@ def painted(driver: WebDriver, frames: int = 3) -> None:
     )
 
 
-def screenshot(driver: WebDriver, name: str, width: int, *, mobile: bool = False) -> None:
-    """Save the whole page (not only the viewport) to test-artifacts/NAME."""
+def screenshot(
+    driver: WebDriver, name: str, width: int, *, mobile: bool = False, directory: Path = ARTIFACTS
+) -> Path:
+    """Save the whole page (not only the viewport) to DIRECTORY/NAME (test-artifacts/ by default)."""
     painted(driver)  # the last chart redraw has landed
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.execute_cdp_cmd(
@@ -157,10 +205,11 @@ def screenshot(driver: WebDriver, name: str, width: int, *, mobile: bool = False
     )
     try:
         painted(driver)  # the page has been laid out and its charts redrawn at the new size
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACTS / name))
+        directory.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(directory / name))
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    return directory / name
 
 
 def ensure_signed_in(live: Live) -> None:
@@ -282,7 +331,8 @@ def test_a_reading_from_a_device_appears_on_the_page(live: Live) -> None:
     d.find_element(By.ID, "arg-times").send_keys("3")
     d.find_element(By.ID, "cmd-send").click()
     row_text = wait_until("beep succeeded", lambda: succeeded_row(d), driver=d)
-    assert '{"beeped":3}' in row_text and "alice" in row_text
+    assert "beeped: 3" in row_text and "alice" in row_text  # text for people, not JSON
+    assert "{" not in row_text
     assert live.thermo.commands[-1]["name"] == "beep" and live.thermo.commands[-1]["args"] == {"times": 3}
 
 
@@ -320,12 +370,144 @@ def test_a_command_from_the_page_switches_the_agents_led(live: Live) -> None:
     Select(d.find_element(By.ID, "cmd-name")).select_by_value("set")
     d.find_element(By.ID, "arg-value").send_keys("true")
     d.find_element(By.ID, "cmd-send").click()
-    result = json.loads(
-        wait_until("set succeeded", lambda: succeeded_row(d, "td.result"), timeout=15, driver=d)
-    )
+    wait_until("set succeeded", lambda: succeeded_row(d, "td.result"), timeout=15, driver=d)
+    cell = d.find_element(By.CSS_SELECTOR, "#command-log tr td.result")
+    assert cell.text.startswith("led is on (GPIO27 high)"), cell.text
+    result = json.loads(cell.get_attribute("data-value"))
     # read back from the agent's mock pin: the LED on GPIO27 is on
     assert result["target"] == "led" and result["value"] is True and result["pin_state"] in (1, True)
     screenshot(d, "live-page.png", 1280)
+
+
+def output(d: WebDriver, name: str) -> Any:
+    return d.find_element(By.CSS_SELECTOR, f'#controls .output[data-output="{name}"]')
+
+
+def settled_state(d: WebDriver, name: str) -> str | None:
+    """The state an output's control shows, once no command for it is on its way."""
+    row = output(d, name)
+    return None if row.get_attribute("data-pending") == "true" else str(row.get_attribute("data-state"))
+
+
+def newest_set_result(d: WebDriver) -> dict[str, Any] | None:
+    row = d.find_element(By.CSS_SELECTOR, "#command-log tr")
+    if row.get_attribute("data-state") != "succeeded":
+        return None
+    value = row.find_element(By.CSS_SELECTOR, "td.result").get_attribute("data-value")
+    parsed: dict[str, Any] | None = json.loads(value) if value else None
+    return parsed if parsed and "pin_state" in parsed else None
+
+
+def test_the_led_switch_shows_the_state_the_agent_reports(live: Live, tmp_path: Path) -> None:
+    d = live.driver
+    ensure_signed_in(live)
+    select_device(live, "pi-kitchen")
+    switch = wait_until(
+        "the led switch", lambda: output(d, "led").find_element(By.CSS_SELECTOR, ".switch"), driver=d
+    )
+    assert output(d, "led").get_attribute("data-kind") == "led"
+    # ping (a command without arguments, so a button) reports every actuator: the state is known
+    wait_until(
+        "the ping button",
+        lambda: d.find_element(By.CSS_SELECTOR, 'button.action[data-command="ping"]'),
+        driver=d,
+    ).click()
+    before = wait_until(
+        "the led state",
+        lambda: settled_state(d, "led") in ("on", "off") and settled_state(d, "led"),
+        timeout=15,
+        driver=d,
+    )
+    for expected in ("off", "on") if before == "on" else ("on", "off"):
+        switch = output(d, "led").find_element(By.CSS_SELECTOR, ".switch")
+        wait_until("the switch enabled", lambda s=switch: s.is_enabled(), driver=d)
+        switch.click()
+        wait_until(
+            f"the led {expected}",
+            lambda expected=expected: settled_state(d, "led") == expected,
+            timeout=15,
+            driver=d,
+        )
+        # the agent read its mock GPIO27 back: the pin follows, and the switch shows that result
+        result = wait_until("the set result", lambda: newest_set_result(d), driver=d)
+        assert result["target"] == "led" and result["value"] is (expected == "on")
+        assert result["pin_state"] in ((1, True) if expected == "on" else (0, False))
+        checked = output(d, "led").find_element(By.CSS_SELECTOR, ".switch").get_attribute("aria-checked")
+        assert checked == str(expected == "on").lower()
+        assert text(d, '#controls .output[data-output="led"] .out-state') == expected
+    shots = [
+        screenshot(d, "controls-desktop.png", 1280, directory=tmp_path),
+        screenshot(d, "controls-phone.png", 390, mobile=True, directory=tmp_path),
+    ]
+    assert all(shot.stat().st_size > 10_000 for shot in shots)
+    print("screenshots:", *shots)
+
+
+def test_a_failed_output_says_why_and_a_slider_shows_the_reported_level(live: Live) -> None:
+    d = live.driver
+    ensure_signed_in(live)
+    select_device(live, "thermo-1")
+    fan = wait_until(
+        "the fan switch", lambda: output(d, "fan").find_element(By.CSS_SELECTOR, ".switch"), driver=d
+    )
+    fan.click()
+    error = wait_until(
+        "the fan's error",
+        lambda: text(d, '#controls .output[data-output="fan"] .out-error'),
+        timeout=15,
+        driver=d,
+    )
+    assert "the fan relay does not answer" in error and error.startswith("set failed")
+    assert settled_state(d, "fan") == "unknown"  # nothing was reported: the click is not taken as the state
+    assert output(d, "fan").find_element(By.CSS_SELECTOR, ".switch").get_attribute("aria-checked") == "false"
+    row = d.find_element(By.CSS_SELECTOR, '#command-log tr[data-state="failed"] td.result')
+    assert row.text.startswith("failed: set failed: OSError")
+    slider = output(d, "dim").find_element(By.CSS_SELECTOR, 'input[type="range"]')
+    d.execute_script("arguments[0].value = '0.35'; arguments[0].dispatchEvent(new Event('change'));", slider)
+    wait_until("dim at 35 %", lambda: settled_state(d, "dim") == "35 %", timeout=15, driver=d)
+    assert live.thermo.commands[-1]["args"] == {"target": "dim", "value": 0.35}
+    assert text(d, "#command-log tr td.result") == "dim is at 35 % (GPIO12 0.35)"
+
+
+def clipped_tiles(d: WebDriver) -> list[str]:
+    """Ids of gateway-strip values whose text does not fit their tile."""
+    found: list[str] = d.execute_script(
+        "return [...document.querySelectorAll('#gateway .value')].filter((e) => {"
+        "  const tile = e.closest('.stat').getBoundingClientRect(); const r = e.getBoundingClientRect();"
+        "  return e.scrollWidth > e.clientWidth + 1 || r.right > tile.right + 1;"
+        "}).map((e) => e.id);"
+    )
+    return found
+
+
+def test_the_forwarder_tiles_say_what_is_wrong_and_fit(live: Live) -> None:
+    d = live.driver
+    ensure_signed_in(live)
+    forwarder = wait_until(
+        "the forwarder retrying",
+        lambda: (t := text(d, "#st-forwarder")) != "starting" and t,
+        timeout=20,
+        driver=d,
+    )
+    assert forwarder == "retrying", forwarder  # the state, and below it what went wrong
+    assert "unreachable" in text(d, "#st-forwarder-detail")
+    backlog = wait_until(
+        "a backlog",
+        lambda: (t := text(d, "#st-backlog")) != "0 readings" and "oldest" in t and t,
+        timeout=20,
+        driver=d,
+    )
+    assert re.fullmatch(r"[\d,]+ readings · oldest [\d.]+ (s|min|h)", backlog), backlog
+    for width in (390, 1280):
+        d.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 844, "deviceScaleFactor": 1, "mobile": False},
+        )
+        try:
+            painted(d)
+            assert not clipped_tiles(d), f"cut off at {width} px: {clipped_tiles(d)}"
+        finally:
+            d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_the_page_fits_a_phone_screen(live: Live) -> None:
@@ -356,7 +538,12 @@ def test_assets_are_served_by_the_gateway_itself(live: Live) -> None:
     page = urllib.request.urlopen(live.gw.api_url + "/", timeout=5)
     assert not EXTERNAL.search(page.read().decode())  # no CDN: works on a Pi offline
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    for asset, kind in (("app.js", "javascript"), ("style.css", "css"), ("icon.svg", "svg")):
+    for asset, kind in (
+        ("app.js", "javascript"),
+        ("controls.js", "javascript"),
+        ("style.css", "css"),
+        ("icon.svg", "svg"),
+    ):
         response = urllib.request.urlopen(f"{live.gw.api_url}/ui/{asset}", timeout=5)
         assert kind in response.headers["Content-Type"]
         assert not EXTERNAL.search(response.read().decode()), asset

@@ -88,6 +88,7 @@ router = APIRouter(tags=["live"])
 
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
+    "controls.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }

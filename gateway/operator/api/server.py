@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -25,11 +26,13 @@ from fastapi import FastAPI
 from gateway.config import ApiSettings
 from gateway.device.admission import AddressLimiter
 from gateway.device.server import DeviceServer
+from gateway.integrations.influx.sink import NAME as INFLUX
+from gateway.integrations.mqtt.sink import NAME as MQTT
 from gateway.operator.api.connections import ConnectionLimits
 from gateway.operator.api.context import ApiContext
 from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
-from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState
+from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState, read_fleet
 from gateway.store.readings import ReadPool
 from gateway.store.writer import GroupCommitter
 
@@ -184,6 +187,7 @@ class OperatorApi:
 
         commands, devices, committer, store_path = self._parts
         rate = IngestRate(lambda: committer.committed_samples)
+        self._reads = reads = ReadPool(store_path, self.settings.read_connections)
         live = LiveState(
             connections=lambda: len(devices.sessions),
             refused_handshakes=lambda: devices.refused_handshakes,
@@ -194,10 +198,11 @@ class OperatorApi:
             open_commands=lambda: commands.open_counts,
             finished_commands=lambda: dict(commands.finished),
             store_path=store_path,
+            online_ids=lambda: list(devices.sessions),
+            fleet=lambda: reads.run(functools.partial(read_fleet, sinks=(INFLUX, MQTT))),
         )
         metrics = GatewayMetrics(live, rate)
         commands.round_trip_observers.append(metrics.command_round_trip.observe)
-        self._reads = ReadPool(store_path, self.settings.read_connections)
         ctx = ApiContext(
             settings=self.settings,
             commands=commands,

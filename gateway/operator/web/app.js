@@ -6,6 +6,8 @@
 // /api/v1/feed, docs/live.md) as messages arrive. Gateway status is re-read every 5 s.
 // Every string from a device goes into the page with textContent, never as HTML.
 
+import { applyCommand, describeResult, renderControls } from "./controls.js";
+
 const API = "/api/v1";
 const TOKEN_KEY = "iotgw.token";
 const LIVE_WINDOW_MS = 5 * 60_000;
@@ -179,16 +181,23 @@ async function refreshStatus() {
   $("st-pending").textContent = `${count(s.ingest.pending_samples)} samples`;
   const open = s.commands_open || {};
   $("st-commands").textContent = count((open.queued || 0) + (open.sent || 0));
-  const fw = (s.forwarders || [])[0];
+  const fw = (s.forwarders || []).find((f) => f.name === "influx") || (s.forwarders || [])[0];
   if (!fw) {
     $("st-forwarder").textContent = "not configured";
+    $("st-forwarder-detail").textContent = "";
     $("st-backlog").textContent = "–";
     $("st-dead").textContent = "–";
   } else {
-    $("st-forwarder").textContent = fw.state + (fw.last_error ? ` (${fw.last_error})` : "");
-    $("st-forwarder").title = fw.target || "";
+    // An error is shown while it is the latest news; after a later success it moves to the tooltip.
+    const current = fw.last_error && fw.state !== "ok" && !(fw.last_success_ms > (fw.last_error_ms || 0));
+    $("st-forwarder").textContent = fw.state || "–";
+    $("st-forwarder-detail").textContent = current ? fw.last_error : "";
+    $("st-forwarder-detail").title = current ? fw.last_error : "";
+    $("st-forwarder").dataset.state = fw.state || "";
+    const past = fw.last_error && !current ? `\nlast error ${fw.last_error_ms ? ago(fw.last_error_ms) : ""}: ${fw.last_error}` : "";
+    $("st-forwarder").title = `${fw.target || ""}${past}`;
     if (typeof fw.pending_readings === "number") {
-      const oldest = fw.oldest_pending_ts ? `, oldest ${age(Date.now() - fw.oldest_pending_ts)}` : "";
+      const oldest = fw.pending_readings && fw.oldest_pending_ts ? ` · oldest ${age(Date.now() - fw.oldest_pending_ts)}` : "";
       $("st-backlog").textContent = `${count(fw.pending_readings)} readings${oldest}`;
     } else {
       $("st-backlog").textContent = `${count(fw.sent_readings)} sent`;
@@ -267,11 +276,12 @@ function updateDevice(name, fields) {
     device = { name, online: false, last_seen_ms: null, agent: "", labels: {}, sensors: [], commands: [], info: {}, buffered: 0, dropped: 0, last_seq: 0 };
     state.devices.set(name, device);
   }
+  const outputs = device.info?.outputs;
   Object.assign(device, fields);
   scheduleListRender();
   if (name === state.selected) {
     renderDeviceHead();
-    if ("commands" in fields) renderCommandForm();
+    if ("commands" in fields || device.info?.outputs !== outputs) renderCommandForm();
   }
 }
 
@@ -587,6 +597,7 @@ function renderCommandForm() {
     ? "This device declares no commands."
     : "Your token has the read role: sending commands needs a control token.";
   renderArgs();
+  renderControls(device, { send: postCommand, readOnly });
 }
 
 function renderArgs() {
@@ -621,9 +632,24 @@ async function sendCommand(event) {
     const value = parseArg(input.value);
     if (value !== undefined) args[input.dataset.arg] = value;
   }
-  const timeout = Math.min(300, Math.max(0.1, Number($("cmd-timeout").value) || 10));
   $("cmd-error").textContent = "";
   $("cmd-send").disabled = true;
+  try {
+    await postCommand(name, args);
+  } catch (error) {
+    $("cmd-error").textContent = error.message;
+  } finally {
+    $("cmd-send").disabled = state.role === "read";
+  }
+}
+
+/**
+ * Send a command to the selected device and resolve with its final record (the feed shows
+ * the states in between; the long poll is the backstop while the feed is down). Throws an
+ * Error with a readable message when the gateway refuses it; signs out on 401.
+ */
+async function postCommand(name, args) {
+  const timeout = Math.min(300, Math.max(0.1, Number($("cmd-timeout").value) || 10));
   const device = state.selected;
   try {
     const record = await api(`/devices/${encodeURIComponent(device)}/commands`, {
@@ -631,16 +657,17 @@ async function sendCommand(event) {
       body: { name, args, timeout, wait: false },
     });
     showCommand(record);
-    // The feed shows each state change; this long poll is the backstop if the feed is down.
-    if (!["succeeded", "failed", "expired"].includes(record.state)) {
-      const final = await api(`/commands/${encodeURIComponent(record.id)}?wait=${timeout + 1}`);
-      if (state.selected === device) showCommand(final);
-    }
+    if (FINAL.has(record.state)) return record;
+    const final = await api(`/commands/${encodeURIComponent(record.id)}?wait=${timeout + 1}`);
+    if (state.selected === device) showCommand(final);
+    return final;
   } catch (error) {
-    if (error instanceof Unauthorized) return handleError(error);
-    $("cmd-error").textContent = error.status === 403 ? "Your token may not send commands (it needs the control role)." : error.message;
-  } finally {
-    $("cmd-send").disabled = state.role === "read";
+    if (error instanceof Unauthorized) {
+      handleError(error);
+      throw new Error("your token is no longer accepted");
+    }
+    if (error.status === 403) throw new Error("your token may not send commands (it needs the control role)");
+    throw error;
   }
 }
 
@@ -666,22 +693,24 @@ function showCommand(command) {
   if (old) old.replaceWith(row);
   else log.prepend(row);
   while (log.children.length > MAX_COMMANDS) log.lastChild.remove();
+  applyCommand(merged);
 }
 
 function commandRow(c) {
   const args = Object.entries(c.args || {}).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
-  let result = "";
-  if (c.state === "succeeded") result = c.value === null || c.value === undefined ? "ok" : JSON.stringify(c.value);
-  else if (c.error) result = c.error;
-  else if (c.state === "sent") result = "waiting for the device…";
-  else if (c.state === "queued") result = "waiting for the device to be online…";
+  const result = el("td", { class: "result", text: describeResult(c) });
+  // the raw value stays at hand: as a tooltip for people, as data-value for scripts
+  if (c.value !== null && c.value !== undefined) {
+    result.title = JSON.stringify(c.value);
+    result.dataset.value = JSON.stringify(c.value);
+  }
   return el(
     "tr",
     { "data-command-id": c.id, "data-state": c.state },
     el("td", { text: clock(c.created_ms) }),
     el("td", { text: `${c.name}${args ? " " + args : ""}` }),
     el("td", {}, el("span", { class: "state", "data-state": c.state, text: c.state })),
-    el("td", { class: "result", text: result }),
+    result,
     el("td", { text: c.sender || "" }),
   );
 }
@@ -761,6 +790,8 @@ function onFeedMessage(m) {
       const { id, type, device, at, ...fields } = m;
       if (fields.online === false) fields.peer = null;
       if ("online" in fields || "buffered" in fields) fields.last_seen_ms = at;
+      // a status frame's info (health figures) adds to what hello declared (e.g. outputs)
+      if (fields.info && !("agent" in fields)) fields.info = { ...(state.devices.get(device)?.info || {}), ...fields.info };
       updateDevice(device, fields);
       break;
     }
