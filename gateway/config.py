@@ -26,6 +26,18 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+def parse_networks(text: str | None, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma-separated list of networks (``127.0.0.0/8,::1/128``); raises ValueError naming ``key``."""
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in (text or "").split(",")
+            if part.strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 class DeviceSettings(_Section):
     """The device plane: WebSocket server for agents and boards."""
 
@@ -62,14 +74,7 @@ class DeviceSettings(_Section):
 
     def exempt_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``connection_limit_exempt`` parsed."""
-        try:
-            return tuple(
-                ipaddress.ip_network(part.strip(), strict=False)
-                for part in (self.connection_limit_exempt or "").split(",")
-                if part.strip()
-            )
-        except ValueError as exc:
-            raise ValueError(f"device.connection_limit_exempt: {exc}") from None
+        return parse_networks(self.connection_limit_exempt, "device.connection_limit_exempt")
 
 
 class StoreSettings(_Section):
@@ -163,14 +168,7 @@ class ApiSettings(_Section):
 
     def exempt_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``connection_limit_exempt`` parsed."""
-        try:
-            return tuple(
-                ipaddress.ip_network(part.strip(), strict=False)
-                for part in (self.connection_limit_exempt or "").split(",")
-                if part.strip()
-            )
-        except ValueError as exc:
-            raise ValueError(f"api.connection_limit_exempt: {exc}") from None
+        return parse_networks(self.connection_limit_exempt, "api.connection_limit_exempt")
 
 
 class MqttSettings(_Section):

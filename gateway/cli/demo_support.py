@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.cli.common import DEMO_CONFIG, load_checked_config, note
+from gateway.cli.common import DEMO_CONFIG, load_checked_config, note, port_free
 from gateway.cli.tomlfile import dumps
 from gateway.config import GatewayConfig
 
@@ -84,18 +83,6 @@ def write_demo_config(root: Path, config: GatewayConfig, device_port: int, api_p
     tmp.chmod(0o600)
     tmp.replace(path)
     return path
-
-
-def port_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound now (a hint only: someone may take it next)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class Console:

@@ -15,14 +15,13 @@ import argparse
 import asyncio
 import errno
 import logging
-import socket
 import sys
 from typing import Any
 
 import msgspec
 
 from gateway import __version__
-from gateway.cli.common import config_from_args
+from gateway.cli.common import config_from_args, port_free
 from gateway.config import env_names
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ def _bind_failure(exc: OSError, config: Any) -> str:
     ]
     if config.api.enabled:
         planes.append(("operator API", config.api.host, config.api.port, "--api-port or [api] port"))
-    taken = [p for p in planes if p[2] and not _can_bind(p[1], p[2])] or planes
+    taken = [p for p in planes if p[2] and not port_free(p[1], p[2])] or planes
     reason = {
         errno.EADDRINUSE: "the address is already in use (another gateway, or `iotgw demo`, running?)",
         errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
@@ -122,17 +121,6 @@ def _bind_failure(exc: OSError, config: Any) -> str:
         f"the {name} on {host}:{port} (change it with {how})" for name, host, port, how in taken
     )
     return f"cannot listen: {reason}: {where}. `ss -ltnp` shows who holds a port"
-
-
-def _can_bind(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _warn_cleartext(gateway: Any) -> None:

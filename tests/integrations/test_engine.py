@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -111,19 +111,6 @@ async def until(what: str, probe: Callable[[], bool], timeout: float = TIMEOUT) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
-@pytest.fixture
-def conn(path: Path) -> Iterator[sqlite3.Connection]:
-    """The test's own connection: fills the store and reads what the engine recorded."""
-    connection = store.connect(path, synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

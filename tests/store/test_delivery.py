@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from gateway import store
 from gateway.store import delivery, registry
 from gateway.store.delivery import Refused, SinkState
 
 T0 = 1_764_000_000_000
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(tmp_path / "store.sqlite3", synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def device(conn: sqlite3.Connection, name: str) -> int:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from gateway import store
 from gateway.store import ledger, registry
 from gateway.store.ledger import FINAL_STATES, TRANSITIONS, CommandRecord, CommandState, InvalidTransition
 from iotgw_common.protocol.messages import MAX_STRING_LENGTH
@@ -22,13 +19,6 @@ Q, S, OK, F, X = (
     CommandState.FAILED,
     CommandState.EXPIRED,
 )
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(tmp_path / "store.db", synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def device_id(conn: sqlite3.Connection, name: str) -> int:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gateway import store
 from gateway.store import delivery, ledger, readings, registry
@@ -20,18 +17,6 @@ from iotgw_common.clock import now_ms
 from tests.support.waiting import async_wait_until
 
 DAY = 86_400_000
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
-@pytest.fixture
-def conn(path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(path, synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def count(conn: sqlite3.Connection, sql: str, *params: object) -> int:

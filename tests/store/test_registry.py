@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from gateway import store
 from gateway.store import readings, registry
 from gateway.store.db import transaction
 from gateway.store.registry import RegistryError
 from gateway.tokens import hash_token
 
 T0 = 1_764_000_000_000
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(tmp_path / "store.sqlite3", synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def ids(conn: sqlite3.Connection, *names: str) -> list[int]:

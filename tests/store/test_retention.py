@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ from iotgw_common.clock import now_ms
 
 DAY = 86_400_000
 CURSOR_R, CURSOR_E = "sink.readings", "sink.events"
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
-@pytest.fixture
-def conn(path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(path, synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def fill(conn: sqlite3.Connection, now: int) -> tuple[int, int]:

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from gateway import store
 from gateway.integrations.influx.sink import EVENTS_CURSOR, READINGS_CURSOR
 from gateway.integrations.mqtt.sink import EVENTS_CURSOR as MQTT_EVENTS
 from gateway.integrations.mqtt.sink import READINGS_CURSOR as MQTT_READINGS
 from gateway.store.retention import delete_older_than
 from iotgw_common.clock import now_ms
 from tests.store.test_retention import DAY, fill, ids
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.connect(tmp_path / "store.sqlite3", synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def test_the_sink_furthest_behind_holds_old_rows(conn: sqlite3.Connection) -> None:

@@ -7,7 +7,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,19 +67,6 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         return await asyncio.wait_for(main(), 60)
 
     return asyncio.run(with_deadline())
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
-@pytest.fixture
-def conn(path: Path) -> Iterator[sqlite3.Connection]:
-    """A second connection for the test's own reads and set-up (the committer gets its own)."""
-    connection = store.connect(path, synchronous="NORMAL")
-    yield connection
-    connection.close()
 
 
 def add(conn: sqlite3.Connection, name: str) -> int:
