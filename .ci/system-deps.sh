@@ -16,6 +16,7 @@ PACKAGES=(
   influxdb victoria-metrics                  # InfluxDB 1.x (v1 /write) and a v2-write-API server, for tests/influx
   chromium chromium-driver                   # the live web page, tested in a real headless browser
   prometheus                                 # promtool: check and unit-test docs/alerting/ (tests/gateway/test_alerting.py)
+  rabbitmq-server                            # a 2-node clustered MQTT broker (rabbitmq_mqtt) for the gateway fleet tests
 )
 
 missing=()

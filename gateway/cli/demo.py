@@ -4,7 +4,9 @@ Everything runs on this machine: the gateway in this process, each agent as a
 real ``iotgw-agent run`` subprocess with gpiozero's mock pins
 (``GPIOZERO_PIN_FACTORY=mock``) driven by the agent's simulation so that the
 readings move plausibly. Files live in ``--dir`` (default ``demo-data/``), so a
-second run resumes with the same devices, tokens, buffers and store.
+second run resumes with the same devices, tokens, buffers and store. When installed and
+not configured otherwise, a private Mosquitto (demo_broker.py) and a private InfluxDB 1.x
+(demo_influx.py, unless ``--no-influx``) run beside it and stop with it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway import __version__, store
 from gateway.app import Gateway
 from gateway.cli.common import DEMO_CONFIG
 from gateway.cli.demo_broker import DemoBroker
+from gateway.cli.demo_influx import DATABASE, PREFERRED_PORT, DemoInflux, find_influxd
 from gateway.cli.demo_support import Console, child_options, demo_settings, write_demo_config
 from gateway.cli.firmware import simulated_board_command
 from gateway.config import GatewayConfig
@@ -96,11 +99,13 @@ def run_demo(
     port: int | None = None,
     duration: float = 0,
     config_path: str | None = None,
+    influx: bool = True,
 ) -> int:
     """Run the demo until Ctrl-C (or ``duration`` seconds, or until stdout's reader goes away).
 
     ``config_path``: a gateway config whose settings (InfluxDB, MQTT...) the demo uses, with
-    its own store and loopback ports (gateway/cli/demo_support.py). Returns the exit code;
+    its own store and loopback ports (gateway/cli/demo_support.py). ``influx``: start a private
+    InfluxDB when ``influxd`` is installed and the config forwards nowhere. Returns the exit code;
     raises ConfigError for a bad config.
     """
     if not 1 <= agents <= len(DEMO_DEVICES):
@@ -112,7 +117,7 @@ def run_demo(
     console = Console()
     config = demo_settings(config_path, root, port, console.say)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration, console))
+        asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration, console, influx))
     return 0
 
 
@@ -122,16 +127,21 @@ async def _demo(
     devices: list[tuple[str, dict[str, str]]],
     duration: float,
     console: Console,
+    want_influx: bool = True,
 ) -> None:
     stop = asyncio.Event()
     console.on_broken = stop.set  # `make demo | head`: the reader left, stop (and stop the agents)
-    broker = await _start_broker(root, config)
-    gateway = Gateway(config)
+    services: list[DemoBroker | DemoInflux] = []
     try:
+        broker = await _start_broker(root, config)
+        services += [broker] if broker is not None else []
+        influx = await _start_influx(root, config, console) if want_influx else None
+        services += [influx] if influx is not None else []
+        gateway = Gateway(config)
         await gateway.start()
     except BaseException:
-        if broker is not None:
-            broker.stop()
+        for service in services:
+            service.stop()
         raise
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -145,7 +155,7 @@ async def _demo(
         if board is not None:
             names.append(BOARD_NAME)
             procs.append(board)
-        _banner(root, gateway, names, board is not None, config_file, console, broker)
+        _banner(root, gateway, names, board is not None, config_file, console, broker, influx, want_influx)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
@@ -166,8 +176,8 @@ async def _demo(
             except subprocess.TimeoutExpired:
                 proc.kill()
         await gateway.stop()
-        if broker is not None:
-            broker.stop()
+        for service in services:
+            await asyncio.to_thread(service.stop)
         console.say(f"stopped. The store stays in {config.store.path}; run `make demo` again to resume.")
 
 
@@ -181,6 +191,20 @@ async def _start_broker(root: Path, config: GatewayConfig) -> DemoBroker | None:
         config.mqtt.url = broker.url
         config.mqtt.gateway = "demo"
     return broker
+
+
+async def _start_influx(root: Path, config: GatewayConfig, console: Console) -> DemoInflux | None:
+    """A private InfluxDB 1.x the gateway forwards to, unless the config forwards already (docs/influxdb.md)."""
+    if config.influx.enabled:
+        return None
+    influx = await asyncio.to_thread(DemoInflux.start, root, console.say)
+    if influx is not None:
+        config.influx.enabled = True
+        config.influx.api = "v1"
+        config.influx.url = influx.url
+        config.influx.database = DATABASE
+        config.influx.token = config.influx.username = config.influx.password = ""
+    return influx
 
 
 def _port_of(url: str) -> int:
@@ -283,6 +307,8 @@ def _banner(
     config_file: Path,
     console: Console,
     broker: DemoBroker | None,
+    influx: DemoInflux | None,
+    want_influx: bool,
 ) -> None:
     rel = os.path.relpath(gateway.store_path)
     api = gateway.api.url if gateway.api else None
@@ -298,6 +324,7 @@ def _banner(
         bridged, watch = f"{mqtt.url}   (from the config; docs/mqtt.md)", ""
     else:
         bridged, watch = "off: apt install mosquitto to add a private broker", ""
+    influx_line, influx_look = _influx_lines(gateway, influx, want_influx)
     console.say(
         f"""
 iotgw {__version__} demo is running.
@@ -312,15 +339,41 @@ iotgw {__version__} demo is running.
   agent logs   {os.path.relpath(root / "agents")}/<name>.log
   agent config {os.path.relpath(root / "agents")}/<name>.toml
   mqtt         {bridged}
+  influxdb     {influx_line}
 
 Where to look, from another terminal:
   .venv/bin/iotgw device list{cfg}
   sqlite3 {rel} "SELECT d.name, r.ts, r.data FROM readings r JOIN devices d ON d.id = r.device_id ORDER BY r.id DESC LIMIT 10"
-  tail -f {os.path.relpath(root / "agents")}/pi-kitchen.log{watch}
+  tail -f {os.path.relpath(root / "agents")}/pi-kitchen.log{watch}{influx_look}
 
 A summary prints here every 5 seconds. Stop with Ctrl-C.
 """
     )
+
+
+def _influx_lines(gateway: Gateway, influx: DemoInflux | None, wanted: bool) -> tuple[str, str]:
+    """The banner's ``influxdb`` line, and its lines under "Where to look" (a query, Grafana)."""
+    forwarded = gateway.config.influx
+    if influx is None:
+        if forwarded.enabled:
+            return f"{forwarded.url}   (from the config, api {forwarded.api}; docs/influxdb.md)", ""
+        if not wanted:
+            return "off (--no-influx)", ""
+        if find_influxd() is not None:
+            return "off: influxd did not start (see above)", ""
+        return "off: apt install influxdb to add a private InfluxDB 1.x (docs/influxdb.md)", ""
+    line = (
+        f"{influx.url}   (a private influxd, database {DATABASE}, data in "
+        f"{os.path.relpath(influx.directory)}; docs/influxdb.md)"
+    )
+    if influx.port == PREFERRED_PORT:
+        grafana = "Grafana: docs/grafana/provisioning as it is (it points at http://127.0.0.1:8086), docs/grafana.md"
+    else:
+        grafana = (
+            f"Grafana: port {PREFERRED_PORT} was taken; write provisioning for {influx.url}: "
+            f".venv/bin/python -m gateway.integrations.influx.grafana DIR --url {influx.url} (docs/grafana.md)"
+        )
+    return line, f"\n  {influx.query_command(forwarded.measurement)}\n  {grafana}"
 
 
 def _report(

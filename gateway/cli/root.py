@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration", type=float, default=0, help="stop after this many seconds (0 = run until Ctrl-C)"
     )
+    demo.add_argument(
+        "--no-influx",
+        action="store_true",
+        help="do not start a private InfluxDB even when influxd is installed (gateway/cli/demo_influx.py)",
+    )
     demo.set_defaults(func=_demo)
 
     add_device_commands(sub, common)  # device, status, deadletters (gateway/cli/device.py)
@@ -102,6 +107,7 @@ def _demo(args: argparse.Namespace) -> int:
         port=args.port,
         duration=args.duration,
         config_path=args.config,
+        influx=not args.no_influx,
     )
 
 

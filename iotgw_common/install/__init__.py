@@ -34,7 +34,13 @@ unit                   ``/etc/systemd/system/iotgw.service``        ``/etc/syste
 command on PATH        ``/usr/local/bin/iotgw``                     ``/usr/local/bin/iotgw-agent``
 =====================  ==========================================  ==========================================
 
-Modules: ``units`` (roles, paths, unit text), ``plan`` (steps, facts, planners),
+Per architecture (``arch``): a plain venv everywhere; lgpio from PyPI with ``iotgw[agent]`` on
+aarch64 and armv7l; on 32-bit ARM msgspec from piwheels.org (``/etc/pip.conf`` on Raspberry Pi
+OS, else ``--extra-index-url``) or, with ``--no-piwheels``, compiled after apt installs
+``build-essential python3-dev``. ``--machine`` plans for another architecture (dry runs).
+
+Modules: ``units`` (roles, paths, unit text), ``arch`` (architectures, piwheels, compiler),
+``plan`` (steps, facts, planners),
 ``executor`` (carries a plan out) and ``cli`` (the two sub-commands).
 """
 
@@ -44,6 +50,7 @@ from iotgw_common.install.cli import add_commands, main
 from iotgw_common.install.executor import Executor, Report
 from iotgw_common.install.plan import (
     AddToGroups,
+    AptInstall,
     CreateVenv,
     EnsureUser,
     Facts,
@@ -89,6 +96,7 @@ __all__ = [
     "RESTART_STEPS_SINCE",
     "ROLES",
     "AddToGroups",
+    "AptInstall",
     "CreateVenv",
     "EnsureUser",
     "Executor",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
+from iotgw_common.install.arch import MACHINES
 from iotgw_common.install.executor import Executor
 from iotgw_common.install.plan import (
     InstallError,
@@ -58,6 +59,18 @@ def add_commands(
     )
     install.add_argument("--overwrite-config", action="store_true", help="replace an existing config file")
     install.add_argument("--no-start", action="store_true", help="enable the service but do not (re)start it")
+    install.add_argument(
+        "--no-piwheels",
+        action="store_true",
+        help="32-bit ARM: compile msgspec (apt installs build-essential python3-dev, about 275 MB, "
+        "minutes of building) instead of taking its wheel from piwheels.org",
+    )
+    install.add_argument(
+        "--machine",
+        choices=MACHINES,
+        help="plan for this architecture instead of this machine's (with --dry-run or --root: "
+        "what the install does on a Pi)",
+    )
     install.set_defaults(func=lambda args: _run(args, role, config_text))
     uninstall = sub.add_parser(
         "uninstall",
@@ -101,8 +114,11 @@ def _run(
     try:
         if root is None and not args.dry_run and os.geteuid() != 0:
             raise InstallError(f"run it as root: sudo {shlex.join(sys.argv)}")
+        machine = getattr(args, "machine", None)
+        if machine and root is None and not args.dry_run:
+            raise InstallError("--machine only goes with --dry-run or --root (it plans for another machine)")
         executor = Executor(root=root, dry_run=args.dry_run, out=stream)
-        facts = gather_facts(role, layout, root)
+        facts = gather_facts(role, layout, root, machine=machine)
         if config_text is None:
             plan = plan_uninstall(role, facts, layout=layout)
         else:
@@ -113,7 +129,7 @@ def _run(
                 _check_venv_module()
             plan = plan_install(role, facts, layout=layout, config_text=text, source=source,
                                 python=base_python(), overwrite_config=args.overwrite_config,
-                                start=not args.no_start)  # fmt: skip
+                                start=not args.no_start, build_from_source=args.no_piwheels)  # fmt: skip
         executor.run(plan)
     except (InstallError, OSError) as exc:
         print(f"{role.script} {'install' if config_text else 'uninstall'}: {exc}", file=sys.stderr)

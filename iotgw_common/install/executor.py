@@ -14,6 +14,7 @@ from typing import Literal, TextIO
 
 from iotgw_common.install.plan import (
     AddToGroups,
+    AptInstall,
     CreateVenv,
     EnsureUser,
     InstallError,
@@ -73,6 +74,8 @@ class Executor:
             f"under {self.root}: commands are recorded in {self.root / LOG_NAME}" if self.root else "")  # fmt: skip
         title = f"{plan.role.script} {plan.action}"
         self._print(f"{title} ({mode})" if mode else title)
+        for note in plan.notes:
+            self._print(f"  {note}")
         total = len(plan.steps)
         for index, step in enumerate(plan.steps, 1):
             description, outcome = self._apply(step)
@@ -99,6 +102,10 @@ class Executor:
             return self._command(
                 step.argv(), f"create virtual environment {step.path}", lambda: self._sim_venv(step)
             )
+        if isinstance(step, AptInstall):
+            if not self.dry_run and self.root is None:
+                self._print(f"       running apt-get: {step.why} ...")
+            return self._command(step.argv(), f"install {step.why}", None)
         if isinstance(step, PipInstall):
             return self._pip(step)
         if isinstance(step, WriteFile):
@@ -280,8 +287,7 @@ class Executor:
         """Only the marker :func:`gather_facts` looks for (no interpreter is copied)."""
         cfg = self.host(step.path) / "pyvenv.cfg"
         cfg.parent.mkdir(parents=True, exist_ok=True)
-        system = "true" if step.system_site_packages else "false"
-        cfg.write_text(f"home = {Path(step.python).parent}\ninclude-system-site-packages = {system}\n"
+        cfg.write_text(f"home = {Path(step.python).parent}\ninclude-system-site-packages = false\n"
                        "# simulated by --root: no interpreter was copied\n", encoding="utf-8")  # fmt: skip
         return True
 
@@ -312,6 +318,8 @@ def _run_checked(argv: list[str]) -> None:
         hint = ""
         if "pip" in argv:
             hint = " (no network? install offline from a directory of wheels: --from DIR, docs/install.md)"
+            if "--extra-index-url" in argv:
+                hint += "; piwheels.org unreachable? --no-piwheels compiles msgspec instead"
         raise InstallError(f"`{shlex.join(argv)}` failed with exit status {exc.returncode}{hint}") from None
 
 

@@ -20,6 +20,15 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from iotgw_common._version import __version__
+from iotgw_common.install.arch import (
+    ARM32,
+    BUILD_COST,
+    BUILD_PACKAGES,
+    PIWHEELS,
+    can_compile,
+    piwheels_configured,
+    this_machine,
+)
 from iotgw_common.install.units import (
     AGENT,
     DEFAULT_LAYOUT,
@@ -31,6 +40,9 @@ from iotgw_common.install.units import (
     Role,
     render_unit,
 )
+
+#: The newest CPython PyPI's lgpio 0.2.2.0 has aarch64 and armv7l wheels for (pyproject.toml's marker).
+LGPIO_WHEELS_UP_TO = (3, 12)
 
 
 class InstallError(RuntimeError):
@@ -72,13 +84,25 @@ class MakeDir:
 
 @dataclass(frozen=True)
 class CreateVenv:
+    """A plain virtual environment: no ``--system-site-packages``. Bookworm's packaged
+    websockets and gpiozero are older than the agent needs, and lgpio comes from pip too."""
+
     path: PurePosixPath
     python: str
-    system_site_packages: bool
 
     def argv(self) -> list[str]:
-        extra = ["--system-site-packages"] if self.system_site_packages else []
-        return [self.python, "-m", "venv", *extra, str(self.path)]
+        return [self.python, "-m", "venv", str(self.path)]
+
+
+@dataclass(frozen=True)
+class AptInstall:
+    """Debian packages pip needs (a compiler where no wheel exists)."""
+
+    packages: tuple[str, ...]
+    why: str
+
+    def argv(self) -> list[str]:
+        return ["apt-get", "install", "-y", "--no-install-recommends", *self.packages]
 
 
 @dataclass(frozen=True)
@@ -127,7 +151,18 @@ class Systemctl:
         return ["systemctl", *self.args]
 
 
-Step = EnsureUser | AddToGroups | MakeDir | CreateVenv | PipInstall | WriteFile | Symlink | Remove | Systemctl
+Step = (
+    EnsureUser
+    | AddToGroups
+    | MakeDir
+    | CreateVenv
+    | AptInstall
+    | PipInstall
+    | WriteFile
+    | Symlink
+    | Remove
+    | Systemctl
+)
 
 
 @dataclass
@@ -136,6 +171,8 @@ class Plan:
     role: Role
     steps: list[Step]
     epilogue: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Printed before the steps: the architecture and where pip's wheels come from."""
 
 
 # -- facts and planning ----------------------------------------------------------------------
@@ -153,6 +190,13 @@ class Facts:
     unit_present: bool = False
     enabled: bool = False
     active: bool = False
+    machine: str = "x86_64"
+    """The architecture pip installs for (:func:`iotgw_common.install.arch.this_machine`)."""
+    python_version: tuple[int, int] = (sys.version_info[0], sys.version_info[1])
+    piwheels: str | None = None
+    """Where pip is already told about piwheels.org (``/etc/pip.conf`` on Raspberry Pi OS), if anywhere."""
+    compiler: bool = False
+    """gcc and Python.h are installed: pip can build msgspec from source."""
 
 
 @dataclass(frozen=True)
@@ -173,8 +217,13 @@ def plan_install(
     python: str,
     overwrite_config: bool = False,
     start: bool = True,
+    build_from_source: bool = False,
 ) -> Plan:
-    """The steps that install ``role``; steps already satisfied by ``facts`` are left out."""
+    """The steps that install ``role``; steps already satisfied by ``facts`` are left out.
+
+    ``build_from_source``: on 32-bit ARM, compile msgspec (apt installs a compiler first)
+    instead of taking its wheel from piwheels.org.
+    """
     steps: list[Step] = []
     if role.user not in facts.users:
         steps.append(EnsureUser(role.user, layout.state_dir(role)))
@@ -189,8 +238,12 @@ def plan_install(
         MakeDir(layout.state_dir(role), 0o700, role.user),
         MakeDir(layout.prefix, 0o755, "root"),
     ]
+    notes: list[str] = []
+    if source is not None:
+        source, apt, notes = _for_architecture(role, facts, source, build_from_source)
+        steps += apt
     if not facts.venv_ready:
-        steps.append(CreateVenv(layout.venv(role), python, role.system_site_packages))
+        steps.append(CreateVenv(layout.venv(role), python))
     if source is not None:
         steps.append(PipInstall(layout.venv(role), source.args, source.label))
     steps += [
@@ -211,7 +264,53 @@ def plan_install(
         steps.append(Systemctl(("enable", role.unit)))
     if start and facts.systemd_running:
         steps.append(Systemctl(("restart", role.unit), only_if_changed=facts.active))
-    return Plan("install", role, steps, _install_epilogue(role, layout, facts, start))
+    return Plan("install", role, steps, _install_epilogue(role, layout, facts, start), notes)
+
+
+def _for_architecture(
+    role: Role, facts: Facts, source: Source, build_from_source: bool
+) -> tuple[Source, list[Step], list[str]]:
+    """Where msgspec and lgpio come from on this architecture (iotgw_common/install/arch.py):
+    the source with pip's extra arguments, apt steps before pip, and notes for the printout."""
+    machine, (major, minor) = facts.machine, facts.python_version
+    notes = [f"architecture {machine}, Python {major}.{minor} (pip installs wheels for {machine})"]
+    offline = "--no-index" in source.args
+    lgpio = role is AGENT and machine in ("aarch64", "armv7l")  # the [agent] extra's marker
+    if lgpio and (major, minor) <= LGPIO_WHEELS_UP_TO:
+        notes.append("lgpio (gpiozero's pin library) comes with iotgw[agent] as a wheel from PyPI")
+        source = Source(source.args, f"{source.label}, with lgpio")
+    elif lgpio:
+        notes.append(
+            f"PyPI has no lgpio wheel for Python {major}.{minor} (up to "
+            f"{'.'.join(map(str, LGPIO_WHEELS_UP_TO))}): iotgw[agent] leaves it out and gpiozero "
+            "uses another pin library; install an lgpio wheel into the environment to have it"
+        )
+    if machine not in ARM32 or offline:
+        if machine in ARM32:
+            notes.append("offline: the directory must hold a msgspec wheel for this architecture")
+        return source, [], notes
+    if not build_from_source:
+        if facts.piwheels:
+            notes.append(f"msgspec: no 32-bit ARM wheel on PyPI; piwheels.org is in {facts.piwheels}")
+            return source, [], notes
+        notes.append(
+            "msgspec: no 32-bit ARM wheel on PyPI; pip also asks piwheels.org "
+            f"(--extra-index-url {PIWHEELS}; --no-piwheels compiles instead)"
+        )
+        args = ("--extra-index-url", PIWHEELS, *source.args)
+        return Source(args, f"{source.label}, msgspec from piwheels.org"), [], notes
+    if facts.compiler:
+        notes.append("msgspec: no 32-bit ARM wheel on PyPI; pip compiles it (gcc and Python.h are there)")
+        return Source(source.args, f"{source.label}, msgspec compiled here"), [], notes
+    why = f"a compiler for msgspec, which has no 32-bit ARM wheel on PyPI ({BUILD_COST})"
+    notes.append(
+        f"msgspec: no 32-bit ARM wheel on PyPI; apt installs {' '.join(BUILD_PACKAGES)} ({BUILD_COST})"
+    )
+    return (
+        Source(source.args, f"{source.label}, msgspec compiled here"),
+        [AptInstall(BUILD_PACKAGES, why)],
+        notes,
+    )
 
 
 def _install_epilogue(role: Role, layout: Layout, facts: Facts, start: bool) -> list[str]:
@@ -296,8 +395,13 @@ def read_accounts(root: Path) -> tuple[dict[str, tuple[int, int]], dict[str, tup
     return users, groups
 
 
-def gather_facts(role: Role, layout: Layout, root: Path | None = None) -> Facts:
-    """Read the facts for ``role``; with ``root`` from under it and without running systemctl."""
+def gather_facts(
+    role: Role, layout: Layout, root: Path | None = None, *, machine: str | None = None
+) -> Facts:
+    """Read the facts for ``role``; with ``root`` from under it and without running systemctl.
+
+    ``machine`` plans for another architecture than this one's (a dry run of what a Pi does).
+    """
     base = Path(root) if root is not None else Path("/")
     host = host_mapper(base)
     users, groups = read_accounts(base)
@@ -325,6 +429,9 @@ def gather_facts(role: Role, layout: Layout, root: Path | None = None) -> Facts:
         unit_present=unit_present,
         enabled=enabled,
         active=active,
+        machine=machine or this_machine(),
+        piwheels=piwheels_configured(base, os.environ if root is None else None),
+        compiler=root is None and can_compile(),
     )
 
 

@@ -42,8 +42,6 @@ class Role:
     """Environment override the unit sets so the state file is always in the writable directory."""
     groups: tuple[str, ...] = ()
     """Groups the user joins if they exist (device access on a Raspberry Pi)."""
-    system_site_packages: bool = False
-    """Agent: apt's pin libraries (python3-lgpio, python3-rpi-lgpio) stay importable."""
 
 
 GATEWAY = Role(
@@ -66,7 +64,6 @@ AGENT = Role(
     state_file="buffer.sqlite3",
     state_env="IOTGW_AGENT_BUFFER_PATH",
     groups=("gpio", "i2c", "spi"),
-    system_site_packages=True,
 )
 ROLES = {role.name: role for role in (GATEWAY, AGENT)}
 
