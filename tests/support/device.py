@@ -87,13 +87,14 @@ class StreamingDevice:
     """
 
     def __init__(self, url: str, token: str, name: str, total: int, *, window: int = 16,
-                 samples_per_frame: int = 1) -> None:  # fmt: skip
+                 samples_per_frame: int = 1, interval_s: float = 0.0) -> None:  # fmt: skip
         self.url = url
         self.token = token
         self.name = name
         self.total = total
         self.window = window
         self.samples_per_frame = samples_per_frame
+        self.interval_s = interval_s  # > 0: a paced device, one new frame every interval_s
         self.unacked: dict[int, str] = {}
         self.next_seq = 1
         self.acked = 0
@@ -146,6 +147,8 @@ class StreamingDevice:
                     self.unacked[seq] = self._make(seq)
                     await ws.send(self.unacked[seq])
                     sent = seq
+                    if self.interval_s:
+                        await asyncio.sleep(self.interval_s)
                 message = json.loads(await asyncio.wait_for(ws.recv(), 10))
                 if message["type"] == "ack":
                     self._ack(message["seq"])
