@@ -33,6 +33,7 @@ from gateway.store.writer import GroupCommitter
 from iotgw_common import tls
 
 if TYPE_CHECKING:
+    from gateway.fleet.node import FleetNode
     from gateway.operator.api import OperatorApi
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Gateway:
         self.feed: Feed | None = None
         self.mqtt: MqttBridge | None = None
         self.mqtt_commands: MqttCommands | None = None
+        self.fleet: FleetNode | None = None
+        """This gateway in a fleet ([fleet], docs/scale-out.md); None when it runs alone."""
         self.tls: ssl.SSLContext | None = None
         """The one server TLS context of both ports ([tls]); None serves clear text."""
 
@@ -98,6 +101,12 @@ class Gateway:
         if self.mqtt is not None:  # retained availability, discovery
             self.devices.presence_observers.append(self.mqtt.presence)
         self.commands.state_observers.append(self.feed.command_changed)
+        if cfg.fleet.enabled:  # after the command service, before devices connect
+            from gateway.fleet.node import FleetNode
+
+            self.fleet = FleetNode(cfg.mqtt, cfg.fleet, self.commands, self.committer, self._read_conn)
+            self.devices.presence_observers.append(self.fleet.presence)
+            await self.fleet.start()
         await self.devices.start(self.tls)
         if cfg.api.enabled:
             from gateway.operator.api import OperatorApi
@@ -113,6 +122,9 @@ class Gateway:
             )
             if self.mqtt is not None:
                 api.live_status["mqtt"] = self.mqtt.status
+            if self.fleet is not None:  # which gateway holds each device (/api/v1/devices), status
+                api.locate = self.fleet.locate
+                api.live_status["fleet"] = self.fleet.status
             try:
                 await api.start()
             except BaseException:
@@ -165,6 +177,9 @@ class Gateway:
         if self.devices is not None:
             await self.devices.stop()
             self.devices = None
+        if self.fleet is not None:  # after the devices: peers hear this gateway leave
+            await self.fleet.stop()
+            self.fleet = None
         if self.mqtt_commands is not None:
             self.mqtt_commands.stop()
             self.mqtt_commands = None

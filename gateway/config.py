@@ -221,6 +221,22 @@ class MqttSettings(_Section):
     retry_max: Positive = 10.0
 
 
+class FleetSettings(_Section):
+    """A fleet of gateways on one broker or broker cluster (docs/scale-out.md); needs ``[mqtt]``.
+
+    The gateway's name in the fleet is ``mqtt.gateway``; every gateway of a fleet must have its own.
+    """
+
+    enabled: bool = False
+    announce_interval: Positive = 2.0
+    """Seconds between presence announcements (which devices this gateway holds); a change is
+    announced at once besides."""
+    presence_timeout: Positive = 7.0
+    """A peer not heard from for this long is taken as gone, with every device it held."""
+    registry_interval: Positive = 0.5
+    """How often the local registry is checked for changes to replicate (add, remove, rotate)."""
+
+
 class TlsSettings(_Section):
     """TLS on both ports (docs/security.md): ``wss://`` for devices, ``https://`` for operators.
 
@@ -258,6 +274,7 @@ class GatewayConfig(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -268,6 +285,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "log": LogSettings,
     "tls": TlsSettings,
     "mqtt": MqttSettings,
+    "fleet": FleetSettings,
 }
 
 

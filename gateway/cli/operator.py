@@ -234,13 +234,16 @@ def _devices(args: argparse.Namespace) -> int:
         if not devices:
             print("no devices yet: add one with `iotgw device add NAME`")
             return 0
-        print(f"{'NAME':<20} {'STATE':<8} {'LAST SEEN':<20} {'AGENT':<24} {'COMMANDS':<30} LABELS")
+        print(
+            f"{'NAME':<20} {'STATE':<8} {'GATEWAY':<16} {'LAST SEEN':<20} {'AGENT':<24} {'COMMANDS':<30} LABELS"
+        )
         for d in devices:
             commands = ",".join(c["name"] for c in d["commands"])
             labels = ",".join(f"{k}={v}" for k, v in d["labels"].items())
             state = "online" if d["online"] else "offline"
             print(
-                f"{d['name']:<20} {state:<8} {_when(d['last_seen_ms']):<20} {d['agent'][:24]:<24} "
+                f"{d['name']:<20} {state:<8} {(d.get('gateway') or '-')[:16]:<16} {_when(d['last_seen_ms']):<20} "
+                f"{d['agent'][:24]:<24} "
                 f"{commands[:30]:<30} {labels}"
             )
         return 0

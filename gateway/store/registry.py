@@ -135,13 +135,38 @@ def remove_device(conn: sqlite3.Connection, name: str, *, purge: bool = False) -
         raise RegistryError(f"no device named {name!r}")
     deleted = 0
     with transaction(conn, immediate=True):
-        conn.execute("DELETE FROM devices WHERE id = ?", (record.id,))
-        conn.execute("DELETE FROM device_streams WHERE device_id = ?", (record.id,))
-        _log_revocation(conn, record.id, REMOVED)
+        delete_device_rows(conn, record.id)
         if purge:
             deleted = readings.delete_device(conn, record.id)
             ledger.delete_device_commands(conn, record.id)
     return deleted
+
+
+def delete_device_rows(conn: sqlite3.Connection, device_id: int) -> None:
+    """Remove a device and log the removal (its session ends, 4003); the caller holds the transaction."""
+    conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+    conn.execute("DELETE FROM device_streams WHERE device_id = ?", (device_id,))
+    _log_revocation(conn, device_id, REMOVED)
+
+
+def import_device(
+    conn: sqlite3.Connection, name: str, token_hash: str, labels: dict[str, str], created_ms: int
+) -> None:
+    """Register ``name`` with a token hash made elsewhere (the fleet's replicated registry,
+    gateway/store/fleet.py); the caller holds the transaction. Raises sqlite3.IntegrityError
+    when the name or the hash is taken."""
+    _check_name(name)
+    conn.execute(
+        "INSERT INTO devices (name, token_hash, created_ms, labels) VALUES (?, ?, ?, ?)",
+        (name, token_hash, created_ms, msgspec.json.encode(labels).decode()),
+    )
+
+
+def replace_token_hash(conn: sqlite3.Connection, device_id: int, token_hash: str) -> None:
+    """Give a device a token hash made elsewhere and log a rotation (its session ends, 4005);
+    the caller holds the transaction."""
+    conn.execute("UPDATE devices SET token_hash = ? WHERE id = ?", (token_hash, device_id))
+    _log_revocation(conn, device_id, ROTATED)
 
 
 def find_by_token(conn: sqlite3.Connection, token: str) -> DeviceRecord | None:

@@ -221,6 +221,18 @@ _MIGRATIONS: list[str] = [
     CREATE TRIGGER device_names_of_removed AFTER DELETE ON devices
         BEGIN DELETE FROM device_names WHERE device_id = OLD.id; END;
     """,
+    # 6: the fleet's replicated registry (gateway/store/fleet.py): one row per device name the
+    # fleet knows, removed ones kept as tombstones, each with its last-writer-wins stamp
+    """
+    CREATE TABLE fleet_registry (
+        name        TEXT PRIMARY KEY,
+        token_hash  TEXT NOT NULL,
+        labels      TEXT NOT NULL DEFAULT '{}',
+        stamp_ms    INTEGER NOT NULL,
+        origin      TEXT NOT NULL,
+        removed     INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -38,6 +38,9 @@ class ApiContext:
     """The live feed hub (gateway/operator/feed.py), served at /api/v1/feed by gateway/operator/api/live.py."""
     live_status: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     """Sink name -> a callable returning its live state (``OperatorApi.live_status``)."""
+    locate: Callable[[str], str | None] | None = None
+    """Device name -> the fleet gateway that holds it now, or None (gateway/fleet/node.py); unset
+    when the gateway is not in a fleet."""
     feed_subscriptions: dict[int, int] = field(default_factory=dict)
     """operator id -> live feed subscriptions open now (``api.feed_subscribers_per_token``)."""
 

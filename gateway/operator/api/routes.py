@@ -83,11 +83,13 @@ async def _device(ctx: ApiContext, name: str) -> DeviceRecord:
 
 def _device_out(ctx: ApiContext, d: DeviceRecord) -> DeviceOut:
     session = ctx.devices.sessions.get(d.id)
+    holder = ctx.locate(d.name) if ctx.locate is not None else None
     return DeviceOut.model_validate(
         {
             "name": d.name,
-            "online": session is not None,
+            "online": session is not None or holder is not None,
             "peer": session.peer if session else None,
+            "gateway": holder,
             "last_seen_ms": d.last_seen_ms,
             "agent": d.agent,
             "labels": d.labels,
@@ -176,6 +178,7 @@ async def status(request: Request, _: Reader) -> StatusOut:
         commands_open=ctx.commands.open_counts,
         commands_finished=dict(ctx.commands.finished),
         forwarders=forwarders,
+        fleet=ctx.live_status["fleet"]() if "fleet" in ctx.live_status else None,
     )
 
 

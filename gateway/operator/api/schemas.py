@@ -57,6 +57,9 @@ class DeviceOut(_Out):
     name: str
     online: bool
     peer: str | None = Field(None, description="address of the live connection")
+    gateway: str | None = Field(
+        None, description="in a fleet: the gateway holding the device now (docs/scale-out.md); else null"
+    )
     last_seen_ms: Ms | None
     agent: str = Field(description="agent or firmware name and version from the device's hello")
     labels: dict[str, str]
@@ -188,4 +191,9 @@ class StatusOut(_Out):
         "retries, pending readings, oldest pending timestamp (ms), dead letters; the MQTT bridge adds "
         "connection (broker, connected, connects, disconnects, in_flight, last_error, devices_online); "
         "empty when no sink is configured"
+    )
+    fleet: dict[str, Any] | None = Field(
+        None,
+        description="In a fleet (docs/scale-out.md): this gateway's name, connected, peers, devices held "
+        "here and elsewhere, commands forwarded and served, registry rows published and applied; else null",
     )

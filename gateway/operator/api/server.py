@@ -173,6 +173,8 @@ class OperatorApi:
         self._feed = feed
         self.live_status: dict[str, Callable[[], dict[str, Any]]] = {}
         """Sink name -> its live state (the MQTT bridge's connection), shown in /api/v1/status."""
+        self.locate: Callable[[str], str | None] | None = None
+        """Device name -> the fleet gateway holding it (docs/scale-out.md); None: no fleet."""
         self.server: ApiServer | None = None
         self._reads: ReadPool | None = None
         self._sampler: asyncio.Task[None] | None = None
@@ -214,6 +216,7 @@ class OperatorApi:
             metrics=metrics,
             feed=self._feed,
             live_status=self.live_status,
+            locate=self.locate,
         )
         self._sampler = asyncio.create_task(_sample_every_second(rate), name="ingest-rate")
         server = ApiServer(create_app(ctx), self.settings.host, self.settings.port, self._ssl, self.settings)
