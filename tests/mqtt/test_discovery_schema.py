@@ -66,8 +66,34 @@ BOARD = DeviceRecord(
         {"metric": "humidity", "unit": "%", "kind": "gauge"},
         {"metric": "light", "unit": "%", "kind": "gauge"},
     ],
-    commands=[{"name": "ping"}, {"name": "read_now"}, {"name": "set", "args": {"output": "led"}}],
-    info={"platform": "linux"},
+    # the firmware's hello since it declares its outputs like the agent (firmware_micropython/hello.py)
+    commands=[
+        {"name": "ping"},
+        {"name": "read_now"},
+        {"name": "set_interval", "args": {"seconds": "interval in seconds"}},
+        {
+            "name": "set",
+            "args": {"target": "actuator: fan, led", "value": "on/off, true/false, 1/0, or a number 0..1"},
+        },
+        {"name": "toggle", "args": {"target": "actuator: fan, led"}},
+        {
+            "name": "blink",
+            "args": {
+                "target": "actuator: fan, led",
+                "on_time": "seconds on (0.5)",
+                "off_time": "seconds off (0.5)",
+                "n": "times (3); 0: until the next set or toggle",
+            },
+        },
+        {"name": "ota", "args": {"op": "begin, chunk or commit"}},
+    ],
+    info={
+        "outputs": "led:led,fan:pwm_led",
+        "mem_free": 185216,
+        "mem_alloc": 73856,
+        "platform": "linux",
+        "sessions": 0,
+    },
 )
 UNITS = DeviceRecord(
     id=3,
@@ -91,10 +117,13 @@ def test_the_devices_become_the_entities_docs_mqtt_md_promises() -> None:
     kinds: dict[str, int] = {}
     for topic in ALL:
         kinds[topic.split("/")[1]] = kinds.get(topic.split("/")[1], 0) + 1
-    # 10 + 3 + 26 sensors; the door and the gateway's status; led, relay, beeper; dimmer, arm;
-    # ping, read_now, reboot.now for the agent, ping and read_now for the board
-    assert kinds == {"sensor": 9 + 3 + len(_UNIT_CLASSES), "binary_sensor": 2, "switch": 3, "number": 2,
+    # 10 + 3 + 26 sensors; the door and the gateway's status; the agent's led, relay, beeper and
+    # the board's led; the agent's dimmer, arm and the board's fan; ping, read_now, reboot.now
+    # for the agent, ping and read_now for the board
+    assert kinds == {"sensor": 9 + 3 + len(_UNIT_CLASSES), "binary_sensor": 2, "switch": 4, "number": 3,
                      "button": 5}  # fmt: skip
+    board = {(t.split("/")[1], t.split("/")[3]) for t in ALL if t.split("/")[2].endswith("_board-greenhouse")}
+    assert {("switch", "output_led"), ("number", "output_fan")} <= board, sorted(board)
     for topic in ALL:
         prefix, _, node, obj, config = topic.split("/")
         assert prefix == "homeassistant" and config == "config"

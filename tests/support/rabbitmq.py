@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.services import ServiceMissing, _binary, free_port
+from tests.support.services import ServiceMissing, _binary
 
 __all__ = ["RabbitCluster", "RabbitNode"]
 
@@ -34,12 +34,24 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
 def _free_port_any() -> int:
-    """A port free on every address: Erlang's distribution and epmd listen on 0.0.0.0, so a port
-    another process uses on any address (even 127.0.0.2) would be taken for them."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free on every address, picked **below the ephemeral range** (32768-60999 on Linux).
+
+    Erlang's distribution and epmd listen on 0.0.0.0, so a port another process uses on any
+    address would be taken for them. And a port the kernel handed out as ephemeral is the kind an
+    outgoing connection of any other process (a busy test suite makes thousands) can take again
+    between the check here and the node's bind: seen as ``eaddrinuse`` on node 2's MQTT listener
+    and ``nodistribution`` from rabbitmqctl. Ports in 20000-32767 are never handed out that way.
+    """
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def _rabbit_binary(name: str) -> str:
@@ -65,8 +77,8 @@ class RabbitNode:
         self._pick_ports()
 
     def _pick_ports(self) -> None:
-        self.amqp_port = free_port()
-        self.mqtt_port = free_port()
+        self.amqp_port = _free_port_any()
+        self.mqtt_port = _free_port_any()
         self.dist_port = _free_port_any()
         (self.directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
@@ -131,15 +143,29 @@ class RabbitNode:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name}: MQTT not answering after {timeout}s:\n{self.log()[-3000:]}")
 
-    def ctl(self, *args: str, timeout: float = 60.0) -> str:
-        """``rabbitmqctl -n <node> ...``; raises with its output if it fails."""
-        done = subprocess.run(
-            [_rabbit_binary("rabbitmqctl"), "-n", self.name, *args], env=self.env(),
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name}: {done.stdout}{done.stderr}")
-        return done.stdout
+    def ctl(self, *args: str, timeout: float = 60.0, attempts: int = 4) -> str:
+        """``rabbitmqctl -n <node> ...``; raises with its output if it fails.
+
+        rabbitmqctl starts an Erlang node of its own that listens on one port: each call gets a
+        port of its own (a port just used can linger in TIME_WAIT), and a call whose own node could
+        not start ("Distribution failed", ``nodistribution``: nothing reached the cluster) is run
+        again on another port.
+        """
+        for attempt in range(attempts):
+            env = self.env()
+            ctl_port = str(_free_port_any())
+            env["RABBITMQ_CTL_DIST_PORT_MIN"] = env["RABBITMQ_CTL_DIST_PORT_MAX"] = ctl_port
+            done = subprocess.run(
+                [_rabbit_binary("rabbitmqctl"), "-n", self.name, *args], env=env,
+                capture_output=True, text=True, timeout=timeout,
+            )  # fmt: skip
+            if done.returncode == 0:
+                return done.stdout
+            output = done.stdout + done.stderr
+            if "nodistribution" not in output or attempt == attempts - 1:
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name}: {output}")
+            time.sleep(0.5)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """``rabbitmqctl stop``, then the process group is killed if it lingers. Safe twice."""
@@ -170,7 +196,6 @@ class RabbitCluster:
         cookie.write_text(f"IOTGWFLEET{secrets.token_hex(16)}")
         cookie.chmod(0o400)
         self.epmd_port = _free_port_any()
-        self.ctl_dist_port = _free_port_any()
         self.epmd: subprocess.Popen[bytes] | None = None
         self.nodes = [RabbitNode(self, i + 1) for i in range(nodes)]
 
@@ -180,20 +205,31 @@ class RabbitCluster:
             **keep,
             "HOME": str(self.home),
             "ERL_EPMD_PORT": str(self.epmd_port),
-            # rabbitmqctl's own Erlang node listens on one of these (the default range is shared)
-            "RABBITMQ_CTL_DIST_PORT_MIN": str(self.ctl_dist_port),
-            "RABBITMQ_CTL_DIST_PORT_MAX": str(self.ctl_dist_port),
         }
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, directory: Path, nodes: int = 2) -> Iterator[RabbitCluster]:
-        cluster = cls(directory, nodes)
-        try:
-            cluster.launch()
-            yield cluster
-        finally:
-            cluster.stop()
+    def start(cls, directory: Path, nodes: int = 2, attempts: int = 3) -> Iterator[RabbitCluster]:
+        """Start a cluster, or start it afresh (new directory, new ports) when a start fails.
+
+        What is under test is the gateways on the cluster, not RabbitMQ's start on a busy machine:
+        a failed start is said on stdout and retried; the last failure is raised.
+        """
+        for attempt in range(attempts):
+            cluster = cls(Path(directory) / f"attempt{attempt}" if attempt else directory, nodes)
+            try:
+                cluster.launch()
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                cluster.stop()
+                if attempt == attempts - 1:
+                    raise
+                print(f"\nrabbitmq cluster start {attempt + 1} failed, starting afresh: {str(exc)[:300]}")
+                continue
+            try:
+                yield cluster
+            finally:
+                cluster.stop()
+            return
 
     def launch(self) -> None:
         """epmd, every node, then each node after the first joins the first."""

@@ -4,6 +4,9 @@
 // call and in the feed's subscribe message), load the device list and the selected
 // device's history from the HTTP API, then apply the live feed (WebSocket
 // /api/v1/feed, docs/live.md) as messages arrive. Gateway status is re-read every 5 s.
+// In a fleet (docs/scale-out.md: status has `fleet`, each device a `gateway`) the page says
+// which gateway holds each device; this gateway's feed does not hear a device arrive on another
+// gateway, so the device list's fleet fields are re-read with the status.
 // Every string from a device goes into the page with textContent, never as HTML.
 
 import { applyCommand, describeResult, renderControls } from "./controls.js";
@@ -39,6 +42,8 @@ const state = {
   backoff: 500,
   statusTimer: null,
   drawQueued: false,
+  fleet: null, // /api/v1/status `fleet` (this gateway's name, peers, connected), null when alone
+  fleetRefresh: null, // timer of a device-list re-read after a device left this gateway
 };
 
 // -- helpers ------------------------------------------------------------------------------
@@ -136,6 +141,9 @@ function signOut(message = "") {
     state.feed = null;
   }
   clearInterval(state.statusTimer);
+  clearTimeout(state.fleetRefresh);
+  state.fleet = null;
+  renderFleet();
   state.devices.clear();
   state.selected = null;
   state.lastId = 0;
@@ -161,7 +169,7 @@ async function signIn(token) {
   await loadDevices();
   connectFeed();
   clearInterval(state.statusTimer);
-  state.statusTimer = setInterval(() => refreshStatus().catch(handleError), 5000);
+  state.statusTimer = setInterval(() => refreshStatus().then(refreshFleetDevices).catch(handleError), 5000);
   const wanted = decodeURIComponent(location.hash.slice(1));
   if (wanted && state.devices.has(wanted)) selectDevice(wanted);
 }
@@ -176,7 +184,11 @@ function handleError(error) {
 async function refreshStatus() {
   const s = await api("/status");
   $("gw-version").textContent = `v${s.version}`;
-  $("st-devices").textContent = `${count(s.devices_connected)} / ${count(s.devices_registered)}`;
+  // in a fleet: online anywhere in the fleet (as the device list says), and where
+  const elsewhere = s.fleet && typeof s.fleet.devices_elsewhere === "number" ? s.fleet.devices_elsewhere : null;
+  const online = elsewhere === null ? s.devices_connected : s.devices_connected + elsewhere;
+  $("st-devices").textContent = `${count(online)} / ${count(s.devices_registered)}`;
+  $("st-devices-detail").textContent = elsewhere === null ? "" : `${count(s.devices_connected)} here · ${count(elsewhere)} on peers`;
   $("st-ingest").textContent = `${formatValue(s.ingest.samples_per_s)} samples/s`;
   $("st-pending").textContent = `${count(s.ingest.pending_samples)} samples`;
   const open = s.commands_open || {};
@@ -204,7 +216,56 @@ async function refreshStatus() {
     }
     $("st-dead").textContent = typeof fw.dead_letters === "number" ? count(fw.dead_letters) : "–";
   }
+  const wasFleet = Boolean(state.fleet);
+  state.fleet = s.fleet || null;
+  renderFleet();
+  if (wasFleet !== Boolean(state.fleet)) renderDeviceList();
   return s;
+}
+
+function renderFleet() {
+  const f = state.fleet;
+  $("st-fleet-tile").hidden = !f;
+  $("gw-name").hidden = !f;
+  document.title = f ? `iotgw · ${f.gateway} · live` : "iotgw · live";
+  if (!f) return;
+  $("gw-name").textContent = f.gateway;
+  const peers = f.peers || [];
+  const value = $("st-fleet");
+  value.textContent = f.gateway;
+  value.dataset.state = f.connected ? "connected" : "disconnected";
+  value.title = `this gateway is ${f.gateway} in a fleet of ${peers.length + 1}`;
+  const detail = $("st-fleet-detail");
+  const parts = [f.connected ? "connected" : "fleet link down"];
+  parts.push(peers.length ? `peers ${peers.join(", ")}` : "no peers");
+  detail.textContent = parts.join(" · ");
+  detail.title = detail.textContent;
+  detail.dataset.state = value.dataset.state;
+}
+
+/** The gateway holding a device, as the page says it: null when not in a fleet or nobody holds it. */
+function holderOf(d) {
+  if (!state.fleet || !d.gateway) return null;
+  return { name: d.gateway, here: d.gateway === state.fleet.gateway };
+}
+
+/** In a fleet: re-read where the devices are (a device arriving on a peer is not in this feed). */
+async function refreshFleetDevices() {
+  if (!state.fleet || !state.token) return;
+  const list = await api("/devices");
+  for (const d of list) {
+    const known = state.devices.get(d.name);
+    if (!known) updateDevice(d.name, d);
+    else if (known.gateway !== d.gateway || known.online !== d.online) {
+      updateDevice(d.name, { online: d.online, gateway: d.gateway, peer: d.peer });
+    }
+  }
+}
+
+function scheduleFleetRefresh() {
+  if (!state.fleet) return;
+  clearTimeout(state.fleetRefresh);
+  state.fleetRefresh = setTimeout(() => refreshStatus().then(refreshFleetDevices).catch(handleError), 1500);
 }
 
 // -- devices ------------------------------------------------------------------------------------
@@ -250,7 +311,7 @@ function deviceItem(name) {
     "button",
     { type: "button", "data-device": name },
     el("span", { class: "dot" }),
-    el("span", { class: "name", text: name }),
+    el("span", { class: "name-row" }, el("span", { class: "name", text: name }), el("span", { class: "via", hidden: true })),
     el("span", { class: "seen" }),
     el("span", { class: "sub" }),
   );
@@ -267,7 +328,25 @@ function fillDeviceItem(item, d) {
   const seen = button.querySelector(".seen");
   seen.dataset.ts = d.last_seen_ms ?? "";
   seen.textContent = ago(d.last_seen_ms);
-  button.querySelector(".sub").textContent = `${d.agent || "never connected"} · buf ${count(d.buffered)} · drop ${count(d.dropped)}`;
+  const holder = holderOf(d);
+  fillVia(button.querySelector(".via"), holder);
+  const agent = d.agent || (holder ? "not connected here yet" : "never connected");
+  button.querySelector(".sub").textContent = `${agent} · buf ${count(d.buffered)} · drop ${count(d.dropped)}`;
+}
+
+/** The "via gw-b" tag: the fleet gateway holding the device (this one's name, muted, when here). */
+function fillVia(tag, holder) {
+  tag.hidden = !holder;
+  if (!holder) {
+    delete tag.dataset.gateway;
+    return;
+  }
+  tag.dataset.gateway = holder.name;
+  tag.dataset.here = String(holder.here);
+  tag.textContent = holder.here ? holder.name : `via ${holder.name}`;
+  tag.title = holder.here
+    ? `held by this gateway (${holder.name})`
+    : `held by gateway ${holder.name}: commands sent here are routed there`;
 }
 
 function updateDevice(name, fields) {
@@ -281,7 +360,7 @@ function updateDevice(name, fields) {
   scheduleListRender();
   if (name === state.selected) {
     renderDeviceHead();
-    if ("commands" in fields || device.info?.outputs !== outputs) renderCommandForm();
+    if ("commands" in fields || "gateway" in fields || device.info?.outputs !== outputs) renderCommandForm();
   }
 }
 
@@ -320,6 +399,10 @@ function renderDeviceHead() {
   badge.dataset.online = String(d.online);
   badge.textContent = d.online ? "online" : "offline";
   badge.title = d.peer || "";
+  const holder = holderOf(d);
+  fillVia($("dv-via"), holder);
+  $("dv-gateway-fact").hidden = !state.fleet;
+  $("dv-gateway").textContent = !holder ? "none" : holder.here ? `${holder.name} (this one)` : `${holder.name} (routed)`;
   const seen = $("dv-seen");
   seen.dataset.ts = d.last_seen_ms ?? "";
   seen.textContent = ago(d.last_seen_ms);
@@ -415,6 +498,11 @@ function renderCharts() {
   const figures = metrics.map((metric) => existing.get(metric) || chartFigure(metric, unitOf(device, metric)));
   charts.replaceChildren(...figures);
   $("no-readings").hidden = metrics.length > 0;
+  const holder = device ? holderOf(device) : null;
+  // readings are stored by the gateway that received them (docs/scale-out.md): say so
+  $("no-readings").textContent = holder && !holder.here
+    ? `No readings here in this window: ${holder.name} holds this device now and stores what it sends.`
+    : "No readings in this window yet.";
   state.chartsStale = false;
   drawAll();
 }
@@ -593,9 +681,12 @@ function renderCommandForm() {
   $("cmd-send").disabled = readOnly;
   const note = $("cmd-note");
   note.hidden = !(none || readOnly);
-  note.textContent = none
-    ? "This device declares no commands."
-    : "Your token has the read role: sending commands needs a control token.";
+  const holder = device ? holderOf(device) : null;
+  note.textContent = none && holder && !holder.here && !device.agent
+    ? `This device is held by ${holder.name} and has not connected to this gateway yet: its commands and outputs are not known here (${holder.name}'s page lists them).`
+    : none
+      ? "This device declares no commands."
+      : "Your token has the read role: sending commands needs a control token.";
   renderArgs();
   renderControls(device, { send: postCommand, readOnly });
 }
@@ -789,6 +880,11 @@ function onFeedMessage(m) {
     case "device": {
       const { id, type, device, at, ...fields } = m;
       if (fields.online === false) fields.peer = null;
+      if (state.fleet && "online" in fields) {
+        // held here now; or gone from here, maybe to a peer: where it is is re-read soon
+        fields.gateway = fields.online ? state.fleet.gateway : null;
+        scheduleFleetRefresh();
+      }
       if ("online" in fields || "buffered" in fields) fields.last_seen_ms = at;
       // a status frame's info (health figures) adds to what hello declared (e.g. outputs)
       if (fields.info && !("agent" in fields)) fields.info = { ...(state.devices.get(device)?.info || {}), ...fields.info };
