@@ -16,7 +16,10 @@ traffic never waits behind the bridge's backlog of readings, and its last will i
   local connection always wins (the device server's ``session_ready`` replaces it, and the
   remote one is offered again when the local connection ends);
 * serves commands forwarded to it and sends their outcomes back (``CommandRouter``);
-* replicates the registry (``RegistrySync``).
+* replicates the registry (``RegistrySync``);
+* shares what the devices it holds declared in their hello (``DeclaredSync``): it sees their
+  metadata through a :class:`~gateway.fleet.declared.MetadataTap` put in front of the group
+  committer's listener while the node runs, and writes its peers' into ``devices``.
 
 :meth:`locate` answers "which gateway holds this device" for the API and ``iotgw devices``.
 """
@@ -33,10 +36,12 @@ import msgspec
 import paho.mqtt.client as paho
 
 from gateway.config import FleetSettings, MqttSettings
+from gateway.fleet.declared import DeclaredSync, MetadataTap
 from gateway.fleet.peers import PeerTable
 from gateway.fleet.registry_sync import RegistrySync
 from gateway.fleet.routing import CommandRouter, RemoteSession
 from gateway.fleet.wire import (
+    Declarations,
     DeviceHeld,
     FleetTopics,
     ForwardedCommand,
@@ -93,6 +98,9 @@ class FleetNode:
         self._remote: dict[str, RemoteSession] = {}  # devices a peer holds, as the service sees them
         self._offered: set[str] = set()  # names whose RemoteSession is the service's ready session
         self.registry.applied_observers.append(self._registry_applied)
+        self.declared = DeclaredSync(self.topics, committer, self._publish, self._find)
+        self._committer = committer
+        self._tap: MetadataTap | None = None
         self._wake = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
         self._was_connected = False
@@ -101,6 +109,8 @@ class FleetNode:
 
     async def start(self) -> None:
         """Connect in the background, start announcing and replicating."""
+        self._tap = MetadataTap(self._committer.listener, self.declared.meta)
+        self._committer.listener = self._tap
         await self.connection.start()
         self.registry.start()
         self._announcer = asyncio.create_task(self._announce_loop(), name="fleet-presence")
@@ -113,6 +123,12 @@ class FleetNode:
                 await self._announcer
             self._announcer = None
         self.router.stop()
+        self.declared.stop()
+        tap, self._tap = self._tap, None
+        if tap is not None:  # put the feed back alone
+            inner = tap.inner
+            if self._committer.listener is tap:
+                self._committer.listener = inner
         await self.registry.stop()
         if self.connection.connected:
             leaving = Presence(gateway=self.name, interval_ms=0, leaving=True)
@@ -134,6 +150,8 @@ class FleetNode:
             "commands_served": self.router.served,
             "registry_published": self.registry.published,
             "registry_applied": self.registry.applied,
+            "declarations_published": self.declared.published,
+            "declarations_applied": self.declared.applied,
         }
 
     def locate(self, name: str) -> str | None:
@@ -150,10 +168,13 @@ class FleetNode:
         if online:
             record = registry.find_by_id(self._conn, device_id)
             declared = sorted(self.commands.declared_commands(record) or ()) if record else []
-            self._local[name] = DeviceHeld(name=name, since_ms=now_ms(), commands=declared)
+            since = now_ms()
+            self._local[name] = DeviceHeld(name=name, since_ms=since, commands=declared)
             self._offered.discard(name)  # the local session replaced the remote one
+            self.declared.held(device_id, name, since, record)
         else:
             self._local.pop(name, None)
+            self.declared.released(device_id, name)
             self._reconcile(name)  # a peer may hold it now
         self._wake.set()
 
@@ -186,6 +207,7 @@ class FleetNode:
 
     def _registry_applied(self, entries: list[FleetEntry]) -> None:
         """A peer's rows changed ``devices``: a device removed or added again has a new id here."""
+        self.declared.retry([e.name for e in entries if not e.removed])
         for e in entries:
             current = self._remote.get(e.name)
             found = self._find(e.name)
@@ -208,6 +230,7 @@ class FleetNode:
         self._was_connected = True
         self.connection.publish_nowait(self.topics.status, b"online", qos=1)
         self.registry.joined()
+        self.declared.rejoined()
         self._wake.set()
 
     def _message(self, message: paho.MQTTMessage) -> None:
@@ -232,12 +255,16 @@ class FleetNode:
                     d.name for d in body.devices if d.name not in self._remote and d.name not in self._local
                 }
                 self._changed(changed | waiting)
+        elif isinstance(body, Declarations):
+            if body.gateway != self.name:
+                self.declared.received(body)
         elif isinstance(body, RegistryUpdate):
             if body.gateway != self.name:
                 self.registry.received(body)
         elif isinstance(body, SyncRequest):
             if body.gateway != self.name:
                 self.registry.sync_requested(body.gateway)
+                self.declared.answer(body.gateway)
                 self._wake.set()
         elif isinstance(body, ForwardedCommand):
             self.router.serve(body)
@@ -267,5 +294,6 @@ class FleetNode:
                                 devices=list(self._local.values()))  # fmt: skip
             try:
                 await self._publish(self.topics.presence, encode(presence))
+                await self.declared.publish_due()  # after the claims they belong to
             except Exception as exc:  # lost meanwhile: the next round
                 log.info("fleet: announcing presence failed: %s", exc)

@@ -7,8 +7,10 @@ ACL line gives the gateways' broker user the fleet and leaves every integration 
     <prefix>/fleet/status/<gateway>              "online" / "offline" (last will), NOT retained
     <prefix>/fleet/presence                      Presence: the devices a gateway holds, periodic
     <prefix>/fleet/registry                      RegistryUpdate: changes (add, remove, rotate)
-    <prefix>/fleet/sync                          SyncRequest: a joining gateway asks for the registry
+    <prefix>/fleet/declared                      Declarations: what held devices declared (hello), on change
+    <prefix>/fleet/sync                          SyncRequest: a joining gateway asks for registry and declarations
     <prefix>/fleet/gateway/<gateway>/registry    RegistryUpdate: the answers to its SyncRequest
+    <prefix>/fleet/gateway/<gateway>/declared    Declarations: the answers to its SyncRequest
     <prefix>/fleet/gateway/<gateway>/command     ForwardedCommand: run this on a device you hold
     <prefix>/fleet/gateway/<gateway>/result      ForwardedResult: the outcome, to the origin
 
@@ -20,14 +22,24 @@ names its sender, and a gateway ignores its own.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from gateway.store.fleet import FleetEntry
+from iotgw_common.protocol.messages import (
+    MAX_VALUES,
+    CommandInfo,
+    InfoValue,
+    Label,
+    MetricName,
+    SensorInfo,
+)
 
 __all__ = [
     "MAX_HOPS",
+    "Declarations",
+    "DeviceDeclared",
     "DeviceHeld",
     "FleetTopics",
     "ForwardedCommand",
@@ -49,6 +61,30 @@ class DeviceHeld(msgspec.Struct, frozen=True, kw_only=True):
     """When its session started (the newest claim wins when two gateways claim a device)."""
     commands: list[str] = []
     """What the device declared in its hello (the origin checks submissions against it)."""
+
+
+class DeviceDeclared(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a held device declared: its hello (agent, sensors, commands, info), with ``info``
+    replaced by its latest status frame's, as the holder's own registry row has it. Bounded
+    by the protocol's own limits (iotgw_common/protocol/messages.py, ``Hello``): a peer's
+    message that breaks them is refused whole, as a device's hello would be."""
+
+    name: str
+    since_ms: int
+    """The session whose hello this is (``DeviceHeld.since_ms`` of the same claim): a newer
+    session's declarations replace an older one's, never the reverse."""
+    agent: Label = ""
+    sensors: Annotated[list[SensorInfo], msgspec.Meta(max_length=MAX_VALUES)] = []
+    commands: Annotated[list[CommandInfo], msgspec.Meta(max_length=MAX_VALUES)] = []
+    info: Annotated[dict[MetricName, InfoValue], msgspec.Meta(max_length=MAX_VALUES)] = {}
+
+
+class Declarations(msgspec.Struct, tag="declared", kw_only=True):
+    """Declarations of devices the sender holds: on ``<prefix>/fleet/declared`` when a device
+    connects (or its status changes its ``info``), to a joining gateway in answer to its sync."""
+
+    gateway: str
+    devices: list[DeviceDeclared] = []
 
 
 class Presence(msgspec.Struct, tag="presence", kw_only=True):
@@ -90,7 +126,7 @@ class ForwardedResult(msgspec.Struct, tag="result", kw_only=True):
     error: str | None = None
 
 
-Message = Presence | RegistryUpdate | SyncRequest | ForwardedCommand | ForwardedResult
+Message = Presence | Declarations | RegistryUpdate | SyncRequest | ForwardedCommand | ForwardedResult
 _decoder = msgspec.json.Decoder(Message)
 _encoder = msgspec.json.Encoder()
 
@@ -112,6 +148,7 @@ class FleetTopics:
         self.gateway = gateway
         self.presence = f"{self.root}/presence"
         self.registry = f"{self.root}/registry"
+        self.declared = f"{self.root}/declared"
         self.sync = f"{self.root}/sync"
         self.statuses = f"{self.root}/status/+"
         self.status = self.status_of(gateway)
@@ -129,6 +166,9 @@ class FleetTopics:
     def registry_of(self, gateway: str) -> str:
         return f"{self.root}/gateway/{gateway}/registry"
 
+    def declared_of(self, gateway: str) -> str:
+        return f"{self.root}/gateway/{gateway}/declared"
+
     def command_of(self, gateway: str) -> str:
         return f"{self.root}/gateway/{gateway}/command"
 
@@ -136,4 +176,4 @@ class FleetTopics:
         return f"{self.root}/gateway/{gateway}/result"
 
     def subscriptions(self) -> list[str]:
-        return [self.presence, self.registry, self.sync, self.statuses, self.mine]
+        return [self.presence, self.declared, self.registry, self.sync, self.statuses, self.mine]

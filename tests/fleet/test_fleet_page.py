@@ -1,16 +1,16 @@
 """The live web page of a fleet gateway in a real headless Chromium (docs/scale-out.md).
 
 Two real gateways (gw-a, gw-b) on a real two-node RabbitMQ cluster, as in test_rabbitmq_fleet.py,
-started once for the module. A real agent (mock pins, an LED on GPIO22) connects to A first (A
-stores its hello: commands and outputs), then moves to B. A scripted device only ever connects
-to B. The browser opens **A's** page and sees:
+started once for the module. Two devices added on A only ever connect to B at first: a real
+agent (mock pins, an LED on GPIO22) and a scripted device. B shares what they declared in
+their hello (commands, outputs, agent) with A. The browser opens **A's** page and sees:
 
 * the fleet in the status strip: this gateway's name, connected, its peer gw-b;
 * each device held by B tagged "via gw-b" (list and device view);
-* the agent's LED switch enabled; a click runs ``set`` on the agent connected to B (routed by
-  A's API through the broker) and the switch shows the pin state the agent read back;
-* the device that never connected to A: a note instead of "declares no commands" (A has
-  no copy of a hello it never received: the fleet replicates tokens and presence, not hello);
+* the agent's LED switch enabled, though the agent never connected to A; a click runs ``set``
+  on the agent connected to B (routed by A's API through the broker) and the switch shows the
+  pin state the agent read back;
+* the scripted device's commands and agent, as B received them;
 * the tag follows the agent to A and back to B while the page is open;
 * a gateway alone (no ``fleet`` in its status): none of it.
 
@@ -48,7 +48,7 @@ from tests.support.waiting import wait_until as wait_for
 
 pytestmark = pytest.mark.slow
 
-AGENT = "pi-roams"  # connects to A, then to B
+AGENT = "pi-roams"  # connects to B; later to A and back (the tag follows it)
 ONLY_B = "thermo-b"  # never connects to A
 
 
@@ -80,17 +80,11 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetPage]:
             )
             loop = LoopThread()
             scripted = None
-            agent = CommandAgent(directory, AGENT, a.device_url, a.add_device(AGENT))
+            # devices added on A that connect to B: A never receives their hello
+            agent = CommandAgent(directory, AGENT, b.device_url, a.add_device(AGENT))
             try:
-                # the agent says hello to A first: A knows its commands and outputs
+                wait_for(lambda: device(api_b, AGENT), 30, f"{AGENT} replicated to B")
                 agent.start()
-                wait_for(lambda: said_hello(api_a, AGENT), 60, "the agent's hello on A")
-                agent.stop()
-                wait_for(lambda: holder(api_a, AGENT) is None, 30, "A to see the agent gone")
-                config = agent.config_path.read_text()
-                agent.config_path.write_text(config.replace(a.device_url, b.device_url))
-                agent.start()
-                # a device added on A that only ever connects to B
                 token = a.add_device(ONLY_B)
                 wait_for(lambda: device(api_b, ONLY_B), 30, f"{ONLY_B} replicated to B")
                 scripted = ScriptedDevice(b.device_url, token, stream="thermo-b")
@@ -106,6 +100,9 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetPage]:
                     60,
                     "A to see both devices held by gw-b",
                 )
+                # B shares their hello: A's API lists their commands and outputs
+                wait_for(lambda: declares(api_a, AGENT, "led:") and declares(api_a, ONLY_B, "fan:"), 60,
+                         "A to show what both devices declared to B")  # fmt: skip
                 with chromium(directory / "profile") as driver:
                     yield FleetPage(a, b, api_a, api_b, token_a, agent, driver)
             finally:
@@ -118,10 +115,10 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetPage]:
                 api_b.close()
 
 
-def said_hello(api: httpx.Client, name: str) -> bool:
-    """The device is online on this gateway and its hello's outputs are stored."""
+def declares(api: httpx.Client, name: str, output: str) -> bool:
+    """The gateway lists the device's commands and an output named ``output``."""
     d = device(api, name)
-    return bool(d and d["online"] and d["info"].get("outputs"))
+    return bool(d and d["commands"] and output in d["info"].get("outputs", ""))
 
 
 def signed_in(p: FleetPage) -> None:
@@ -182,13 +179,16 @@ def test_a_fleet_gateways_page_shows_the_fleet_and_who_holds_each_device(page: F
         wait_until(f"{name} via gw-b", partial(tagged, d, name, "via gw-b"), timeout=15, driver=d)
         dot = list_button(d, name).find_element(By.CSS_SELECTOR, ".dot")
         assert dot.get_attribute("data-online") == "true"
-    # the device that never connected to A: no pretence that it declares no commands
+    # the device that never connected to A: what it declared to B, shared by B
     select(d, ONLY_B)
     assert text(d, "#dv-via") == "via gw-b" and text(d, "#dv-gateway") == "gw-b (routed)"
-    note = text(d, "#cmd-note")
-    assert "held by gw-b" in note and "not known here" in note, note
+    wait_until("the command form", lambda: not d.find_element(By.ID, "command-form").get_attribute("hidden"),
+               driver=d)  # fmt: skip
+    names = [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#cmd-name option")]
+    assert names == ["beep"], names
+    assert d.find_element(By.ID, "cmd-note").get_attribute("hidden") is not None
     wait_until("the readings note", lambda: "gw-b holds this device" in text(d, "#no-readings"), driver=d)
-    assert "not connected here yet" in list_button(d, ONLY_B).find_element(By.CSS_SELECTOR, ".sub").text
+    assert "scripted/1" in list_button(d, ONLY_B).find_element(By.CSS_SELECTOR, ".sub").text
 
 
 def test_the_led_of_a_device_held_by_b_switches_from_as_page(page: FleetPage) -> None:

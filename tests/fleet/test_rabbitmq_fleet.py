@@ -5,12 +5,16 @@ Gateway A speaks MQTT to node ``fleet1@localhost``, gateway B to ``fleet2@localh
 stores. A real agent (subprocess, gpiozero mock pins) holds its device on B or on A:
 
 * a device added on A connects to B with the same token (the registry is replicated);
+* A's devices list shows what it declared to B (commands, sensors, agent, ``info.outputs``)
+  though it never connected to A (the holder shares its hello);
 * a command sent to A's API runs on the agent connected to B (the mock LED pin flips) and
   the result reaches A's caller; both ledgers record it; the devices list shows the holder;
 * a command queued on A while the device is offline is delivered when it connects to B;
   commands queued on B and on A while it is offline are delivered when it moves to A;
 * rotating the token on A closes the live session on B (4005), the new token works there;
   removing the device on A closes it on B (4003).
+* a SIGKILLed B is forgotten at once; when it returns it catches up with a device added on A
+  meanwhile and with what that device declared to A (A answers B's sync request).
 
 The cluster starts once for the module. Figures (command round trips across the gateways,
 presence convergence) are printed and written to ``test-artifacts/fleet-figures.json``.
@@ -23,6 +27,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +185,16 @@ def test_a_device_added_on_a_is_commanded_from_a_while_it_is_connected_to_b(flee
     assert status["gateway"] == "gw-a" and status["peers"] == ["gw-b"] and status["devices_elsewhere"] == 1
     on_a = device(f.api_a, AGENT)
     assert on_a is not None and on_a["online"] is True and on_a["peer"] is None
+    # what the agent declared to B, on A (it never connected to A): commands, outputs, sensors
+    on_a = wait_until(lambda: (d := device(f.api_a, AGENT)) and d["info"].get("outputs") and d, 30,
+                      "A to show the agent's declarations")  # fmt: skip
+    FIGURES["declarations_on_a_s"] = round(time.monotonic() - seen_on_b, 3)
+    own = device(f.api_b, AGENT)
+    assert on_a and own is not None
+    assert on_a["commands"] == own["commands"] and {"set", "ping"} <= set(declared(f.api_a, AGENT))
+    assert on_a["sensors"] == own["sensors"] and on_a["agent"] == own["agent"] != ""
+    assert "led:" in on_a["info"]["outputs"] and on_a["info"]["outputs"] == own["info"]["outputs"]
+    assert on_a["last_seen_ms"] is None  # seen by B, not here
 
     off = send(f.api_a, "set", {"target": "led", "value": "off"})
     assert off["state"] == "succeeded", off
@@ -339,14 +354,37 @@ def test_a_killed_gateway_is_forgotten_at_once_and_catches_up_when_it_returns(fl
     queued = send(f.api_a, "set", {"target": "led", "value": "on"}, wait=False)
     assert queued["state"] == "queued", queued  # nobody holds the device: it waits on A
     late = f.a.add_device("pi-late")  # B is down: it learns this when it rejoins (anti-entropy)
-
-    f.b.launch()  # the agent reconnects to B by itself
-    restarted = time.monotonic()
-    done = final(f.api_a, queued["id"], "A's queued command to reach the agent back on B")
-    assert done["state"] == "succeeded" and done["value"]["pin_state"] is True, done
-    FIGURES["queued_command_delivered_after_restart_s"] = round(time.monotonic() - restarted, 3)
-    conn = f.b.connect()
+    # and pi-late connects to A meanwhile: B missed A's declarations, A answers B's sync with them
+    held = threading.Event()
+    release = threading.Event()
+    holding = threading.Thread(target=asyncio.run, args=(_hold(f.a.device_url, late, held, release),))
+    holding.start()
     try:
-        wait_until(lambda: registry.find_by_token(conn, late), 30, "B to catch up with pi-late")
+        assert held.wait(30), "pi-late connected to A"
+
+        f.b.launch()  # the agent reconnects to B by itself
+        restarted = time.monotonic()
+        done = final(f.api_a, queued["id"], "A's queued command to reach the agent back on B")
+        assert done["state"] == "succeeded" and done["value"]["pin_state"] is True, done
+        FIGURES["queued_command_delivered_after_restart_s"] = round(time.monotonic() - restarted, 3)
+        conn = f.b.connect()
+        try:
+            wait_until(lambda: registry.find_by_token(conn, late), 30, "B to catch up with pi-late")
+        finally:
+            conn.close()
+        wait_until(
+            lambda: declared(f.api_b, "pi-late") == ["beep"], 30, "B to learn what pi-late declared to A"
+        )
+        on_b = device(f.api_b, "pi-late")
+        assert on_b is not None and on_b["gateway"] == "gw-a" and on_b["info"] == {"outputs": "buzzer:output"}
     finally:
-        conn.close()
+        release.set()
+        holding.join(30)
+
+
+async def _hold(url: str, token: str, held: threading.Event, release: threading.Event) -> None:
+    """A scripted device connected to ``url`` until ``release`` is set."""
+    async with ScriptedDevice(url, token, stream="late") as dev:
+        await dev.hello(commands=[{"name": "beep"}], info={"outputs": "buzzer:output"})
+        held.set()
+        await asyncio.to_thread(release.wait, 120)

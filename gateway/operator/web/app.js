@@ -255,10 +255,18 @@ async function refreshFleetDevices() {
   const list = await api("/devices");
   for (const d of list) {
     const known = state.devices.get(d.name);
-    if (!known) updateDevice(d.name, d);
-    else if (known.gateway !== d.gateway || known.online !== d.online) {
-      updateDevice(d.name, { online: d.online, gateway: d.gateway, peer: d.peer });
+    if (!known) {
+      updateDevice(d.name, d);
+      continue;
     }
+    // where it is, and what it declared (a peer's hello reaches this gateway's store: docs/scale-out.md);
+    // commands and outputs only when they changed, so an open command form is not redrawn every poll
+    const fields = {};
+    if (known.gateway !== d.gateway || known.online !== d.online) Object.assign(fields, { online: d.online, gateway: d.gateway, peer: d.peer });
+    if (JSON.stringify(known.commands) !== JSON.stringify(d.commands)) fields.commands = d.commands;
+    if ((known.info || {}).outputs !== (d.info || {}).outputs) fields.info = d.info;
+    if (known.agent !== d.agent) fields.agent = d.agent;
+    if (Object.keys(fields).length) updateDevice(d.name, fields);
   }
 }
 
