@@ -1,5 +1,9 @@
 """Actuators of the agent: outputs the ``set``, ``toggle`` and ``blink`` commands drive.
 
+The commands, their arguments, values, kinds, results and errors are the ones the board
+firmware speaks too (docs/commands.md, "Actuators: one vocabulary"); the shared vectors in
+tests/vectors/actuators.json hold both to it.
+
 Built from ``[[actuators]]`` (device_agent/hardware_config.py) on gpiozero: ``led``
 (``LED``), ``pwm_led`` (``PWMLED``), ``output`` (``DigitalOutputDevice``, a
 relay), ``buzzer`` (``Buzzer``) and ``servo`` (``Servo``). Every operation
@@ -83,6 +87,8 @@ class Actuator:
         if isinstance(self.config, ServoActuator):
             raise ActuatorError(f"{self.name} is a servo: it cannot blink")
         with self._lock:
+            # on first, here: the result then reads the blink's start whenever its thread gets going
+            self.device.on()
             if isinstance(self.config, BuzzerActuator):
                 self.device.beep(on_time=on_time, off_time=off_time, n=n, background=True)
             else:
@@ -130,7 +136,7 @@ class Actuator:
             number = _number(value)
             if number is None or not 0.0 <= number <= 1.0:
                 raise ActuatorError(
-                    f"value for {self.name} must be on/off or a brightness from 0 to 1, not {value!r}"
+                    f"value for {self.name} must be a level from 0 to 1 or on/off, not {value!r}"
                 )
             return number
         if isinstance(value, bool):

@@ -280,6 +280,8 @@ class Agent:
                 "sensors_failing": len(self._failing),
                 "interval_s": self.interval,
             }
+            if "outputs" in self._info:  # a status's info replaces hello's in the gateway's registry
+                info["outputs"] = self._info["outputs"]
             await self.link.send_status(Status(buffered=stats.buffered, dropped=stats.dropped, info=info))
 
     def _hello(self) -> Hello:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from device_agent.actuators import ActuatorError, Actuators
+from device_agent.actuators import Actuator, ActuatorError, Actuators
 from device_agent.config import BUILTIN_COMMANDS, CustomCommand
 from iotgw_common import clock
 from iotgw_common.protocol import Command, CommandInfo, Result
@@ -44,6 +44,13 @@ from iotgw_common.protocol.messages import MAX_STRING_LENGTH
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+ACTUATOR_ARGS = {
+    "set": ("target", "value"),
+    "toggle": ("target",),
+    "blink": ("target", "on_time", "off_time", "n"),
+}
+"""The arguments of the actuator commands, as the agent and the firmware list them
+(docs/commands.md, "Actuators: one vocabulary")."""
 OUTPUT_CHARS = 4000
 """Most characters of a program's stdout and of its stderr returned in a result (the end is kept)."""
 
@@ -120,10 +127,16 @@ def _short(text: str) -> str:
 
 
 def check_args(
-    args: dict[str, Any], command: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    args: dict[str, Any],
+    command: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    *,
+    order: tuple[str, ...] | None = None,
 ) -> None:
-    """Raise BadArguments for a missing required or an unknown argument."""
-    accepted = (*required, *optional)
+    """Raise BadArguments for a missing required or an unknown argument (``order``: how to list
+    the accepted ones; required, then optional by default)."""
+    accepted = order or (*required, *optional)
     for key in args:
         if key not in accepted:
             raise BadArguments(
@@ -198,25 +211,31 @@ def register_builtins(
     if not actuators.by_name:
         return
     names = ", ".join(sorted(actuators.by_name))
-    only = next(iter(actuators.by_name)) if len(actuators.by_name) == 1 else None
+    only = len(actuators.by_name) == 1
 
-    def target(args: dict[str, Any]) -> Any:
-        return actuators.get(args.get("target", only))
+    def target(args: dict[str, Any], command: str) -> tuple[Actuator, dict[str, Any]]:
+        """The actuator ``args`` name and the args (``output`` renamed ``target``), once checked
+        as the firmware checks them, word for word (tests/vectors/actuators.json)."""
+        if "output" in args:  # the board firmware's old name for target, accepted on both
+            if "target" in args:
+                raise BadArguments("give target or output (its old name), not both")
+            args = {**args, "target": args["output"]}
+            del args["output"]
+        accepted = ACTUATOR_ARGS[command]
+        needed = accepted[: 2 if command == "set" else 1][1 if only else 0 :]
+        check_args(args, command, needed, tuple(a for a in accepted if a not in needed), order=accepted)
+        return actuators.get(args.get("target", next(iter(actuators.by_name)) if only else None)), args
 
     async def set_(args: dict[str, Any]) -> dict[str, Any]:
-        check_args(args, "set", ("value",) if only else ("target", "value"), ("target",) if only else ())
-        actuator = target(args)
+        actuator, args = target(args, "set")
         return await asyncio.to_thread(actuator.set, args["value"])
 
     async def toggle(args: dict[str, Any]) -> dict[str, Any]:
-        check_args(args, "toggle", () if only else ("target",), ("target",) if only else ())
-        actuator = target(args)
+        actuator, _ = target(args, "toggle")
         return await asyncio.to_thread(actuator.toggle)
 
     async def blink(args: dict[str, Any]) -> dict[str, Any]:
-        extra = ("on_time", "off_time", "n")
-        check_args(args, "blink", () if only else ("target",), (*extra, "target") if only else extra)
-        actuator = target(args)
+        actuator, args = target(args, "blink")
         on_time = number_arg(args, "on_time", 0.5, 0.01, 3600)
         off_time = number_arg(args, "off_time", 0.5, 0.01, 3600)
         n = number_arg(args, "n", 3, 0, 100_000)
@@ -229,7 +248,7 @@ def register_builtins(
         "set",
         set_,
         description="set an actuator: on/off for led, output, buzzer; 0..1 for pwm_led; -1..1 for servo",
-        args={"target": target_help, "value": "on/off, true/false, 1/0, or a number"},
+        args={"target": target_help, "value": "on/off, true/false, 1/0, or a number 0..1 (servo -1..1)"},
     )
     registry.register("toggle", toggle, description="invert an on/off actuator", args={"target": target_help})
     registry.register(

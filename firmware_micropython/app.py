@@ -7,156 +7,52 @@
 #
 # Only the link touches the network and only drivers/ touch `machine`; a
 # failure in one sensor or in the network never stops the other tasks.
+#
+# What runs once (the config, the setup, the tasks' start, the tests' drain) is in
+# appboot.py; the commands' handlers, the welcome's settings and an update's trial are
+# in appcmd.py: each loaded when it runs and unloaded afterwards.
 import asyncio
 import gc
-import json
 
 import compat
-import drivers
 from compat import BOARD, collect, fault, log, ticks_add, ticks_diff, ticks_ms
-from link import Link
 from ws import unload as ws_unload
-
-MIN_INTERVAL_MS = 1
-# The floor on an interval set from outside (the set_interval command, welcome.settings):
-# a mistyped "0.001" must not turn a board into a busy loop that floods the gateway
-# and starves the link. The config's own interval_s is the owner's choice and is not raised.
-MIN_REMOTE_INTERVAL_S = 0.5
-
-
-def config_path():
-    """IOTGW_CONFIG, else the first command-line argument, else config.json."""
-    path = compat.getenv("IOTGW_CONFIG")
-    if not path:
-        args = compat.argv()
-        path = args[1] if len(args) > 1 else "config.json"
-    return path
-
-
-def load_config(path=None):
-    with open(path or config_path()) as f:
-        cfg = json.load(f)
-    if not cfg.get("url"):
-        raise ValueError("config has no gateway url")
-    return cfg
 
 
 class App:
     def __init__(self, cfg):
-        self.cfg = cfg
-        compat.LEVEL[0] = cfg.get("log_level", 1)
-        compat.STATE_FILE[0] = cfg.get("state_file")  # unix port: where a reset's loss is noted
-        if cfg.get("fault"):  # tests only: MemoryError at one allocation site (compat.fault)
-            compat.inject(cfg["fault"]["site"], cfg["fault"]["every"])
-        self.trace = cfg.get("trace", False)
-        self.t_start = ticks_ms()
-        self.interval_ms = max(MIN_INTERVAL_MS, int(cfg.get("interval_s", 10) * 1000))
-        self.min_remote_s = max(MIN_REMOTE_INTERVAL_S, cfg.get("min_interval_s", 1))
-        self.follow_gateway = cfg.get("follow_gateway_interval", True)
-        self.sample_limit = cfg.get("sample_limit", 0)  # tests: stop sampling after N
-        self.mem_every = cfg.get("trace_mem_every", 0)
-        self.taken = 0
-        self.beat = ticks_ms()  # sampler heartbeat for the watchdog
-        # The link first: its ring and frame buffer are the largest blocks, allocated
-        # once while the heap is still in one piece (the drivers import more code).
-        collect()
-        self.link = Link(cfg, (), {}, self.info)
-        self.sensors, self.inputs, self.outputs = drivers.build(cfg)
-        self.wifi = None
-        if BOARD and cfg.get("wifi"):
-            import wifi
+        import appboot  # the config and the drivers, set up once (appboot.py)
 
-            self.wifi = wifi.Wifi(cfg["wifi"])
-        metrics = []
-        for s in self.sensors:
-            metrics.extend(s.metrics)
-        self.link.sensors = metrics
-        self.link.commands = self.commands()
-        self.link.net = self.wifi
-        self.link.outputs = list(self.outputs)
-        self.link.on_settings = self.on_settings
-        self.link.on_connected = self.on_connected
+        try:
+            appboot.init(self, cfg)
+        finally:
+            ws_unload("appboot")
+            appboot = None
+        collect()
+        import hellobuf  # hello's unchanging parts, rendered once (hellobuf.py)
+
+        try:
+            hellobuf.run(self.link)
+        except MemoryError:  # the first session tries again
+            pass
+        finally:
+            ws_unload("hellobuf")
+            hellobuf = None
 
     # -- commands (declared in hello) -----------------------------------------------
 
-    def commands(self):
-        """{name: handler} of the commands declared in hello (descriptions: hello.py)."""
-        cmds = {"ping": self.c_ping, "read_now": self.c_read_now, "set_interval": self.c_set_interval,
-                "ota": self.c_ota}
-        if self.outputs:
-            cmds["set"] = self.c_set
-            cmds["toggle"] = self.c_toggle
-        return cmds
+    def _cmd(self, name):
+        """The handler of command `name` (or "welcome"): appcmd.py, loaded while it runs."""
 
-    async def c_ping(self, args):
-        return "pong"
-
-    async def c_ota(self, args):
-        import ota
-
-        try:
-            value = ota.handle(args)
-        finally:
-            ws_unload("ota")
-        if isinstance(value, dict) and value.get("reboot"):
-            asyncio.create_task(self._reset_soon())  # after the result has gone out
-        return value
-
-    async def _reset_soon(self):
-        await asyncio.sleep_ms(1000)
-        log(0, "APP resetting for the update")
-        await self.link.stop()
-        compat.reset()
-
-    def on_connected(self):
-        """First welcome: an update on trial has reached the gateway, keep it."""
-        if compat.OTA_TRIAL:
-            import otaboot
+        def run(args):
+            import appcmd
 
             try:
-                otaboot.confirm()
-                compat.OTA_LAST = otaboot.last()
+                return appcmd.run(self, name, args)
             finally:
-                ws_unload("otaboot")
-                ws_unload("ota")
-            compat.OTA_TRIAL = None
+                ws_unload("appcmd")
 
-    async def ota_trial(self):
-        # An update that cannot reach the gateway resets the board until otaboot rolls it back.
-        await asyncio.sleep_ms(int(self.cfg.get("ota_confirm_s", 300) * 1000))
-        if compat.OTA_TRIAL:
-            log(0, "OTA %s has not reached the gateway: resetting" % compat.OTA_TRIAL)
-            compat.reset()
-
-    async def c_read_now(self, args):
-        return await self.sample_once()
-
-    async def c_set_interval(self, args):
-        s = float(args["seconds"])
-        if not self.min_remote_s <= s <= 86400:
-            raise ValueError("seconds must be between %s and 86400" % self.min_remote_s)
-        self.interval_ms = int(s * 1000)
-        return s
-
-    def _output(self, args):
-        out = self.outputs.get(args.get("output"))
-        if out is None:
-            raise ValueError("no output named %r" % args.get("output"))
-        return out
-
-    async def c_set(self, args):
-        if "value" not in args:
-            raise ValueError("missing value")
-        return self._output(args).set(args["value"])
-
-    async def c_toggle(self, args):
-        return self._output(args).toggle()
-
-    def on_settings(self, settings):
-        if self.follow_gateway and "interval_s" in settings:
-            s = max(self.min_remote_s, float(settings["interval_s"]))
-            self.interval_ms = int(s * 1000)
-            log(1, "APP interval set by the gateway: %d ms" % self.interval_ms)
+        return run
 
     def info(self):
         i = {
@@ -166,6 +62,8 @@ class App:
             "platform": compat.PLATFORM,
             "sessions": self.link.sessions if hasattr(self, "link") else 0,
         }
+        if getattr(self, "outputs_info", ""):
+            i["outputs"] = self.outputs_info
         if hasattr(self, "link") and self.link.lost_at_boot:
             i["lost_at_boot"] = self.link.lost_at_boot
         if compat.OTA_LAST:
@@ -246,44 +144,32 @@ class App:
             await asyncio.sleep_ms(timeout // 4)
 
     async def main(self):
-        log(1, "APP %s stream=%s sensors=%d outputs=%d interval=%d ms"
-            % (compat.AGENT, self.link.stream, len(self.sensors), len(self.outputs), self.interval_ms))
-        collect()
-        # Collect early and often enough that the heap does not fragment (MicroPython docs).
-        try:
-            gc.threshold(gc.mem_free() // 4 + gc.mem_alloc())
-        except AttributeError:
-            pass
-        link_task = asyncio.create_task(self.link.run())
-        if compat.OTA_TRIAL:
-            asyncio.create_task(self.ota_trial())
-        if self.inputs:
-            asyncio.create_task(self.poll_inputs())
-        if BOARD and self.cfg.get("wdt_ms", 8000):
-            import machine
+        import appboot  # the tasks' start (appboot.py)
 
-            if hasattr(machine, "WDT"):
-                asyncio.create_task(self.watchdog())
+        try:
+            link_task = appboot.start(self)
+        finally:
+            ws_unload("appboot")
+            appboot = None
         await self.sampler()
         if not self.cfg.get("exit_when_drained"):
             while True:  # sample_limit reached, keep serving commands
                 self.beat = ticks_ms()
                 await asyncio.sleep_ms(1000)
-        # Tests: wait until the gateway has acknowledged everything, then leave.
-        end = ticks_add(ticks_ms(), int(self.cfg.get("drain_timeout_s", 60) * 1000))
-        while not self.link.idle() and ticks_diff(end, ticks_ms()) > 0:
-            await asyncio.sleep_ms(50)
-        log(0, "DRAINED %d buffered=%d dropped=%d acked=%d" % (
-            self.taken, self.link.buffered, self.link.dropped, self.link.acked))
-        await self.link.stop()
-        await asyncio.sleep_ms(50)
-        link_task.cancel()
+        import appboot  # tests: wait until the gateway has acknowledged everything, then leave
+
+        await appboot.drain(self, link_task)
 
 
 def run(cfg=None):
     """Entry point (main.py): load the config, run forever; on a board, reset after a crash."""
     try:
-        cfg = cfg or load_config()
+        if cfg is None:
+            import appboot
+
+            cfg = appboot.load_config()
+            ws_unload("appboot")
+            appboot = None
         asyncio.run(App(cfg).main())
     except KeyboardInterrupt:
         raise

@@ -3,6 +3,10 @@
 # Loaded per command and unloaded afterwards (ws.unload): commands are rare, their
 # code need not hold heap in between. A command id seen again (redelivered after a
 # reconnect) gets the same answer without running again.
+#
+# Errors as the Raspberry Pi agent words them (docs/commands.md): BadArguments (raised by the
+# handlers, e.g. actuate.py's) becomes "bad arguments: ...", anything else
+# "NAME failed: ExceptionType: message".
 import json
 
 from compat import log
@@ -27,8 +31,10 @@ async def run(link, msg):
         try:
             value = await cmd(msg.get("args") or {})
             text = result(cid, True, value)
+        except BadArguments as exc:
+            text = result(cid, False, error="bad arguments: %s" % exc)
         except Exception as exc:  # the command failed: that is its result, not the link's problem
-            text = result(cid, False, error="%s: %s" % (type(exc).__name__, exc))
+            text = result(cid, False, error="%s failed: %s: %s" % (name, type(exc).__name__, exc))
     if len(link._recent) >= 8:
         link._recent.pop(0)
     link._recent.append((cid, text))
@@ -60,3 +66,7 @@ def _any_json(v):
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_any_json(x) for x in v) + "]"
     return json.dumps(v)
+
+
+class BadArguments(ValueError):
+    """Missing, unknown or unacceptable arguments: the error is "bad arguments: " + message."""

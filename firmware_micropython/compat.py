@@ -5,6 +5,7 @@
 import gc
 import sys
 import time
+from os import urandom  # every supported port has it
 
 ticks_ms = time.ticks_ms
 ticks_diff = time.ticks_diff
@@ -37,14 +38,6 @@ def reset():
         machine.reset()
     sys.exit(3)
 
-try:
-    from os import urandom
-except ImportError:  # pragma: no cover - every supported port has it
-    import random
-
-    def urandom(n):
-        return bytes(random.getrandbits(8) for _ in range(n))
-
 
 def rand_below(n):
     """Uniform random integer in [0, n) for backoff jitter (n >= 1)."""
@@ -54,20 +47,10 @@ def rand_below(n):
     return r % n
 
 
-def hexid(nbytes):
-    return "".join("%02x" % b for b in urandom(nbytes))
-
-
-def mem_free():
-    return gc.mem_free()
-
-
-def mem_alloc():
-    return gc.mem_alloc()
-
-
-def collect():
-    gc.collect()
+# Aliases, not wrappers: a function costs heap on a board, a name in this module little.
+mem_free = gc.mem_free
+mem_alloc = gc.mem_alloc
+collect = gc.collect
 
 
 def wall_ms():
@@ -80,34 +63,6 @@ def wall_ms():
         return time.time_ns() // 1000000
     except AttributeError:
         return int(time.time() * 1000)
-
-
-MIN_YEAR = 2025  # a clock before this was never set (boards boot at 2000-01-01)
-
-
-def clock_ok():
-    """True when the real-time clock holds a plausible date (needed before TLS checks)."""
-    return time.gmtime()[0] >= MIN_YEAR
-
-
-def set_clock(unix_s):
-    """Set the real-time clock to unix_s (seconds since 1970); False if this port cannot.
-
-    Boards: machine.RTC. The unix port uses the host's clock; under libfaketime (the
-    tests' board that boots at 2000-01-01) it writes FAKETIME_TIMESTAMP_FILE instead.
-    """
-    if time.gmtime(0)[0] == 2000:
-        unix_s -= 946684800  # ports whose epoch is 2000
-    tm = time.gmtime(unix_s)
-    if BOARD:
-        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
-        return True
-    path = getenv("FAKETIME_TIMESTAMP_FILE")
-    if not path:
-        return False
-    with open(path, "w") as f:
-        f.write("@%04d-%02d-%02d %02d:%02d:%02d\n" % tm[:6])
-    return True
 
 
 # Surviving a reset: on an ESP32 the RTC memory keeps a few bytes through a soft or
@@ -142,24 +97,6 @@ def save_state(buf, unacked):
             f.write(buf[:8])
 
 
-def lost_at_boot(buf):
-    """Samples the previous run had not had acknowledged when it stopped (0 if unknown)."""
-    data = b""
-    if BOARD:
-        r = _rtc()
-        data = r.memory() if r is not None else b""
-    elif STATE_FILE[0]:
-        try:
-            with open(STATE_FILE[0], "rb") as f:
-                data = f.read()
-        except OSError:
-            data = b""
-    if len(data) < 8 or data[:4] != b"IOTG":
-        return 0
-    save_state(buf, 0)
-    return data[4] | (data[5] << 8) | (data[6] << 16) | (data[7] << 24)
-
-
 def getenv(name):
     try:
         import os
@@ -174,31 +111,19 @@ def argv():
 
 
 # Fault injection (tests only): FAULT[0] is None on a board. fault(site) is called
-# just before each allocation of the sample -> frame -> send path; a test installs
-# inject() through the config key "fault" to raise MemoryError there.
-FAULT = [None]
+# just before each allocation of the sample -> frame -> send path; the config key
+# "fault" {site, every} (linkup.setup) makes every `every`-th call at `site` ("*": any)
+# raise MemoryError there. FAULT: [site or None, every, calls so far].
+FAULT = [None, 1, 0]
 
 
 def fault(site):
-    f = FAULT[0]
-    if f is not None and f(site):
-        raise MemoryError("injected at " + site)
-
-
-def inject(site, every):
-    """Raise MemoryError at every `every`-th call of fault(site) ("*": any site)."""
-    n = [0]
-
-    def f(s):
-        if site != "*" and s != site:
-            return False
-        n[0] += 1
-        if n[0] % every:
-            return False
-        print("FAULT", s)
-        return True
-
-    FAULT[0] = f
+    f = FAULT
+    if f[0] is not None and (f[0] == site or f[0] == "*"):
+        f[2] += 1
+        if not f[2] % f[1]:
+            print("FAULT", site)
+            raise MemoryError("injected at " + site)
 
 
 # Log levels: 0 errors only, 1 info, 2 debug. Set from config["log_level"].
@@ -210,8 +135,4 @@ def log(level, *args):
         print(*args)
 
 
-def print_exception(exc):
-    try:
-        sys.print_exception(exc)
-    except AttributeError:  # pragma: no cover
-        print(repr(exc))
+print_exception = sys.print_exception

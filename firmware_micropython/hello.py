@@ -7,13 +7,19 @@ import json
 
 from proto import PROTOCOL, _info_json, _str, name_ok
 
-# What each built-in command does and takes, as declared in hello.
+# What each built-in command does and takes, as declared in hello. set, toggle and blink are
+# the agent's (docs/commands.md, "Actuators: one vocabulary"); "%s" is the output names.
+_T = "actuator: %s"
 DESCRIPTIONS = {
-    "ping": ("answer pong", {}),
+    "ping": ("answer pong, with the actuator states", {}),
     "read_now": ("take a sample now and return it", {}),
     "set_interval": ("set the sampling interval", {"seconds": "interval in seconds"}),
-    "set": ("set an output", {"output": "one of: %s", "value": "true/false, or 0..1 for pwm"}),
-    "toggle": ("toggle an output", {"output": "one of: %s"}),
+    "set": ("set an actuator: on/off for led and output, 0..1 for pwm_led",
+            {"target": _T, "value": "on/off, true/false, 1/0, or a number 0..1"}),
+    "toggle": ("invert an actuator", {"target": _T}),
+    "blink": ("blink an actuator in the background; set/toggle stops it",
+              {"target": _T, "on_time": "seconds on (0.5)", "off_time": "seconds off (0.5)",
+               "n": "times (3); 0: until the next set or toggle"}),
     "ota": ("firmware update step (iotgw firmware ota)", {"op": "begin, chunk or commit"}),
 }
 
@@ -21,8 +27,10 @@ DESCRIPTIONS = {
 def describe(names, outputs=()):
     """(name, description, {arg: description}) for each command name."""
     out = []
-    joined = ", ".join(outputs)
-    for name in names:
+    joined = ", ".join(sorted(outputs))
+    # in the agent's order (a MicroPython dict has none): the page offers the first one
+    order = ("ping", "read_now", "set_interval", "set", "toggle", "blink")
+    for name in [n for n in order if n in names] + [n for n in names if n not in order]:
         d = DESCRIPTIONS.get(name, ("", {}))
         args = {}
         for a in d[1]:
@@ -32,7 +40,7 @@ def describe(names, outputs=()):
 
 
 def hello(stream, agent, last_acked=0, sensors=(), commands=(), buffered=0, dropped=0,
-          info=None, device=None, protocol=PROTOCOL):
+          info=None, device=None, protocol=PROTOCOL, join="".join):
     """Text of `hello`. sensors: (metric, unit, kind) tuples or dicts;
     commands: (name, description, {arg: description}) tuples or dicts."""
     parts = [
@@ -77,4 +85,4 @@ def hello(stream, agent, last_acked=0, sensors=(), commands=(), buffered=0, drop
     parts.append('],"info":')
     parts.append(_info_json(info or {}))
     parts.append("}")
-    return "".join(parts)
+    return join(parts)  # the link's join writes into its preallocated frame buffer

@@ -14,16 +14,19 @@
 # Link.run() is the supervisor loop: it keeps a session up, with exponential
 # backoff and full jitter between attempts, so the sampling code only ever
 # calls add_sample() / add_event() and never sees a network failure.
+#
+# What runs only at a session's start or end (the config, hello and welcome, TLS and the
+# clock, close codes, gateway errors) lives in linkup.py, loaded for that and unloaded.
 import asyncio
 
 import compat
 import proto
 import ws as wsmod
-from compat import AGENT, collect, fault, hexid, log, print_exception, rand_below, ticks_add, ticks_diff, ticks_ms
-from outbox import Clock, Outbox
+from compat import collect, fault, log, print_exception, rand_below, ticks_add, ticks_diff, ticks_ms
+from micropython import const
 from ring import EVENT
 
-DEFAULT_BUFFER_BYTES = 8192
+_NORMAL = const(1000)
 
 
 class Link:
@@ -37,55 +40,19 @@ class Link:
     """
 
     def __init__(self, cfg, sensors=(), commands=None, info=None, net=None):
-        self.url = cfg["url"]
-        self.token = cfg.get("token")
-        self.device = cfg.get("device")
-        self.ca_file = cfg.get("ca_file")
-        self.insecure = cfg.get("tls_insecure", False)
-        self.ntp = cfg.get("ntp", "pool.ntp.org" if compat.BOARD else None)
-        # The gateway's resolved address, cached between sessions, and the DNS server.
-        self._addr = [None, cfg.get("dns")]
-        self.window = cfg.get("window", 4)
-        self.batch = min(cfg.get("batch_samples", 50), proto.MAX_SAMPLES)
-        self.max_frame = min(cfg.get("max_frame_bytes", 2048), proto.MAX_FRAME_BYTES)
-        self.max_message = cfg.get("max_message_bytes", 8192)
-        self.status_ms = int(cfg.get("status_interval_s", 60) * 1000)
-        self.silence_ms = int(cfg.get("silence_timeout_s", 60) * 1000)
-        self.trace = cfg.get("trace", False)
-        b = cfg.get("backoff", {})
-        self.base_ms = int(b.get("base_s", 1) * 1000)
-        self.cap_ms = int(b.get("cap_s", 60) * 1000)
-        self.long_ms = int(b.get("long_s", 300) * 1000)
-        self.replaced_ms = int(b.get("replaced_s", 60) * 1000)
+        import linkcfg  # the config, read once
+
+        try:
+            linkcfg.setup(self, cfg)
+        finally:
+            wsmod.unload("linkcfg")
+            linkcfg = None
         self.sensors = sensors
         self.commands = commands or {}
         self.outputs = ()
         self.info = info or (lambda: {})
         self.net = net  # object with async up() and isconnected(), or None (unix port)
-        self.on_settings = None  # called with welcome.settings
-        self.on_connected = None  # called at each welcome
-        # A board loses its RAM buffer on reboot: new stream, new seq space.
-        self.stream = "fw-" + hexid(8)
-        # What a reset would lose (the ring's unacked samples), kept where it survives one
-        # (compat.save_state): the next boot counts it in `dropped` and reports it.
-        self._state = bytearray(24)
-        self.lost_at_boot = compat.lost_at_boot(self._state)
-        if self.lost_at_boot:
-            log(0, "BOOT lost %d unacked samples in the reset" % self.lost_at_boot)
-        self.clock = Clock()
-        self.out = Outbox(cfg.get("buffer_bytes", DEFAULT_BUFFER_BYTES), self.window,
-                          self.max_frame, self.batch, self.clock)
-        self.acked = 0
-        self.sent_seq = 0  # highest seq sent in the current session
-        self.skipped = 0  # values skipped as invalid (bad name, NaN, ...)
-        self.sessions = 0
-        self.connected = False
-        self.last_close = None
-        self._wake = asyncio.Event()
-        self._rx_exc = None
-        self._ws = None
-        self._stopping = False
-        self._recent = []  # (command id, result text), last 8: a redelivered command is not run twice
+        self.on_welcome = None  # called with welcome.settings (or {}) at each welcome
 
     # -- what the application calls ---------------------------------------------
 
@@ -142,28 +109,9 @@ class Link:
     def dropped(self):
         return self.out.dropped + self.lost_at_boot
 
-    @property
-    def next_seq(self):
-        return self.out.next_seq
-
     def idle(self):
         """True when every queued sample has been acknowledged."""
         return self.out.idle()
-
-    def hello_text(self):
-        import hello
-
-        try:
-            return hello.hello(
-                self.stream, AGENT, self.acked, self.sensors,
-                hello.describe(self.commands, self.outputs),
-                self.buffered, self.dropped, self.info(), self.device,
-            )
-        finally:
-            wsmod.unload("hello")
-
-    def status_text(self):
-        return proto.status(self.buffered, self.dropped, self.info())
 
     # -- supervisor -----------------------------------------------------------------
 
@@ -178,9 +126,8 @@ class Link:
             try:
                 await self.session()
             except wsmod.ConnectionClosed as exc:
-                self.last_close = exc.code
                 if not exc.local:
-                    delay = self.close_delay(exc.code, exc.reason)
+                    delay = self._up("close_delay", exc.code, exc.reason)
                 else:
                     log(1, "LINK closed by us:", exc.code, exc.reason)
             except wsmod.HandshakeError as exc:
@@ -190,10 +137,12 @@ class Link:
                     delay = self.long_ms
             except (OSError, EOFError, asyncio.TimeoutError) as exc:
                 log(1, "LINK down:", repr(exc))
-            except MemoryError:
+            except MemoryError as exc:
                 # Sending may have stopped mid-frame: the session is over, the frames are
                 # still pinned in the ring and go again on the next one.
-                log(0, "LINK MemoryError: session ended; unacked frames will be resent")
+                log(0, "LINK MemoryError:", exc, "(session ended; unacked frames will be resent)")
+                if compat.LEVEL[0] > 1:
+                    print_exception(exc)
             except Exception as exc:  # a bug: keep the device alive, say so loudly
                 log(0, "LINK error:")
                 print_exception(exc)
@@ -209,31 +158,18 @@ class Link:
                 delay = rand_below(min(self.cap_ms, self.base_ms << min(attempt, 16)) + 1)
                 attempt += 1
             log(1, "RECONNECT in %d ms" % delay)
-            await self._sleep_unless_stopped(delay)
+            end = ticks_add(ticks_ms(), delay)
+            while not self._stopping and ticks_diff(end, ticks_ms()) > 0:
+                await asyncio.sleep_ms(min(ticks_diff(end, ticks_ms()), 500))
 
-    def close_delay(self, code, reason):
-        """Delay (ms) before reconnecting after the gateway closed with code, or None for backoff."""
-        if code == proto.REPLACED:
-            log(0, "LINK !!! closed 4000: another connection uses this device's token;"
-                   " two devices may share a token !!!")
-            return self.replaced_ms + rand_below(self.base_ms + 1)
-        if code in proto.CONFIG_CLOSES:
-            log(0, "LINK closed %d (%s): fix the configuration; retrying in %d s"
-                % (code, reason, self.long_ms // 1000))
-            return self.long_ms
-        if code == proto.POLICY_VIOLATION:
-            log(0, "LINK closed 1008: too many refused frames (%s)" % reason)
-            return self.replaced_ms
-        log(1, "LINK closed %d %s" % (code, reason))
-        return None
+    def _up(self, name, *args):
+        """Call linkup.<name>(self, *args): code for a session's start and end, unloaded after."""
+        import linkup
 
-    async def _sleep_unless_stopped(self, ms):
-        end = ticks_add(ticks_ms(), ms)
-        while not self._stopping:
-            left = ticks_diff(end, ticks_ms())
-            if left <= 0:
-                return
-            await asyncio.sleep_ms(min(left, 500))
+        try:
+            return getattr(linkup, name)(self, *args)
+        finally:
+            wsmod.unload("linkup")
 
     async def stop(self):
         """Close the session (1000) and end run()."""
@@ -242,55 +178,48 @@ class Link:
         ws = self._ws
         if ws is not None:
             try:
-                await ws.close(proto.NORMAL)
+                await ws.close(_NORMAL)
             except Exception:  # out of memory or a dead socket: drop it, nothing is pending
                 ws.abort()
 
     # -- one session ------------------------------------------------------------------
 
-    async def _tls(self):
-        """The TLS context for wss://: verified against ca_file once the clock is set."""
-        if self.insecure:
-            log(0, "LINK warning: tls_insecure, the gateway is not verified")
-            return False
-        if not self.ca_file:
-            raise wsmod.HandshakeError("wss:// without ca_file: set ca_file (or tls_insecure)", 0)
-        import timesync
+    async def session(self):
+        # linkup.py (clock, TLS context, hello; then the welcome) and wsopen.py (the
+        # handshake) are loaded in turn, never together: the peak of a reconnect stays low.
+        import linkup
 
         try:
-            ok = await timesync.ensure(self.url, self.ntp, self._addr)
+            ctx, hello = await linkup.prepare(self)
         finally:
-            wsmod.unload("timesync")
-        if not ok:
-            raise OSError("clock not set: TLS cannot check the certificate yet")
-        return wsmod.ssl_context(self.ca_file)
-
-    async def session(self):
-        ctx = None
-        if self.url.startswith("wss://"):
-            ctx = await self._tls()
-        log(1, "LINK connecting to", self.url)
-        # hello first, while the heap is in one piece: hello.py and wsopen.py are never
-        # loaded at the same time, and the handshake's leftovers cannot split its block.
-        collect()
-        hello = self.hello_text()
+            wsmod.unload("linkup")
+            linkup = None
         collect()
         try:
             ws = await wsmod.connect(self.url, token=self.token, ssl=ctx, max_size=self.max_message,
-                                     addr=self._addr)
+                                     addr=self._addr, bufs=self._wsbufs)
         except OSError:
             self._addr[0] = None  # resolve again next time (the gateway may have moved)
             raise
+        ctx = None
         self._ws = ws
         self.sessions += 1
-        reader = None
         try:
             t0 = ticks_ms()
-            await ws.send(hello)
+            await ws.send_text(hello)
             hello = None
-            welcome = await asyncio.wait_for_ms(self._await_welcome(ws), 10000)
-            self._on_welcome(welcome, t0, ticks_ms())
-            welcome = None  # not held for the whole session
+            import linkup
+
+            try:
+                await linkup.welcome(self, ws, t0)
+            finally:
+                wsmod.unload("linkup")
+                linkup = None
+        except BaseException:
+            ws.abort()
+            raise
+        reader = None
+        try:
             self._rx_exc = None
             reader = asyncio.create_task(self._reader(ws))
             await self._sender(ws)
@@ -300,46 +229,9 @@ class Link:
                 reader.cancel()
             if not ws.closed:
                 if self._stopping:
-                    await ws.close(proto.NORMAL)
+                    await ws.close(_NORMAL)
                 else:
                     ws.abort()
-
-    async def _await_welcome(self, ws):
-        while True:
-            msg = self._decode(await ws.recv())
-            if msg is None:
-                continue
-            if msg["type"] == "welcome":
-                return msg
-            if msg["type"] == "error":
-                self._on_error(msg)
-            else:
-                log(1, "LINK ignoring %s before welcome" % msg["type"])
-
-    def _on_welcome(self, msg, t0, t1):
-        self.clock.sync(int(msg["server_time"]), t0, t1)
-        last = int(msg.get("last_seq", 0))
-        # Frames the gateway has stored are done; the rest are resent in order.
-        self.out.acked(last)
-        self._save()
-        if last > self.acked:
-            self.acked = last
-        if self.out.next_seq <= last:
-            self.out.next_seq = last + 1
-        self.sent_seq = 0
-        limits = msg.get("limits") or {}
-        if "max_frame_bytes" in limits:
-            self.out.max_frame = min(self.out.max_frame, int(limits["max_frame_bytes"]))
-        if "max_samples" in limits:
-            self.out.batch = max(1, min(self.out.batch, int(limits["max_samples"])))
-        self.connected = True
-        log(1, "LINK welcome device=%s last_seq=%d rtt=%d ms resend=%d"
-            % (msg.get("device"), last, self.clock.rtt, self.out.n))
-        settings = msg.get("settings")
-        if settings and self.on_settings is not None:
-            self.on_settings(settings)
-        if self.on_connected is not None:
-            self.on_connected()
 
     def _decode(self, text):
         if not isinstance(text, str):
@@ -363,7 +255,7 @@ class Link:
                 elif kind == "command":
                     await self._on_command(ws, msg)
                 elif kind == "error":
-                    self._on_error(msg)
+                    self._up("on_error", msg)
                 else:
                     log(1, "LINK ignoring", kind)
         except Exception as exc:  # includes ConnectionClosed: hand it to the sender
@@ -380,18 +272,6 @@ class Link:
         self.out.acked(seq)
         self._save()
         self._wake.set()
-
-    def _on_error(self, msg):
-        code = msg.get("code")
-        seq = msg.get("seq")
-        log(0, "LINK gateway error %s seq=%s: %s" % (code, seq, msg.get("detail")))
-        if seq is None or code == "seq_not_increasing":
-            # Not stored again, but a well-behaved stream gets it covered by an ack.
-            return
-        # The frame was refused and nothing of it stored: resending cannot help.
-        if self.out.refused(seq):
-            self._save()
-            self._wake.set()
 
     async def _on_command(self, ws, msg):
         import command  # loaded per command (command.py)
@@ -438,7 +318,7 @@ class Link:
                 self.clock.refresh()
                 collect()
                 try:
-                    st = self.status_text()
+                    st = proto.status(self.buffered, self.dropped, self.info())
                 except MemoryError:
                     st = None  # the next one will tell
                 if st is not None:

@@ -1,16 +1,24 @@
 # iotgw firmware entry point: runs after boot.py on a board; on the unix port
 #   IOTGW_CONFIG=config.json micropython main.py     (or: micropython main.py config.json)
+import os
 import sys
 
 import compat
 
 if "/" in __file__:  # the unix port runs /path/to/main.py: the firmware lives beside it
     compat.ROOT = __file__.rsplit("/", 1)[0] + "/"
-import otaboot  # noqa: E402  (apply or roll back an update before the app is imported)
+try:  # no ota.d/: never updated, nothing to apply (and otaboot's names cost no heap)
+    os.stat(compat.ROOT + "ota.d")
+    state = None
+except OSError:
+    state = (compat.ROOT, None, None)
+if state is None:
+    import otaboot  # noqa: E402  (apply or roll back an update before the app is imported)
 
-state = (compat.ROOT, otaboot.boot(), otaboot.last())
+    state = (compat.ROOT, otaboot.boot(), otaboot.last())
+    del sys.modules["otaboot"], sys.modules["ota"], otaboot
 # The update may have replaced compat.py itself: forget what was loaded before it.
-del sys.modules["otaboot"], sys.modules["ota"], sys.modules["compat"], otaboot, compat
+del sys.modules["compat"], compat
 import compat  # noqa: E402
 
 compat.ROOT, compat.OTA_TRIAL, compat.OTA_LAST = state

@@ -10,12 +10,15 @@
 #
 # A MemoryError while a frame is built changes nothing that matters: the seq is
 # spent and the records pinned only once the frame is complete.
-import ring as ringmod
 from compat import fault, ticks_add, ticks_diff, ticks_ms
+from micropython import const
+from ring import Ring
 
-ANCHOR_MAX_AGE_MS = 3600000  # re-anchor hourly: ticks_diff is valid over half a tick period
-SAMPLE_OVERHEAD = 40  # '{"ts":<13 digits>,"values":' ... '},'
-FRAME_OVERHEAD = 64  # '{"type":"readings","seq":<16 digits>,"samples":[' ... ']}'
+_EVENT = const(1)  # ring.EVENT, ring.WALL
+_WALL = const(2)
+_ANCHOR_MAX_AGE_MS = const(3600000)  # re-anchor hourly: ticks_diff is valid over half a tick period
+_SAMPLE_OVERHEAD = const(40)  # '{"ts":<13 digits>,"values":' ... '},'
+_FRAME_OVERHEAD = const(64)  # '{"type":"readings","seq":<16 digits>,"samples":[' ... ']}'
 
 
 class Clock:
@@ -47,7 +50,7 @@ class Clock:
 
     def refresh(self):
         """Move the anchor to now (same time base), keeping tick differences small."""
-        if self.synced and ticks_diff(ticks_ms(), self._t) > ANCHOR_MAX_AGE_MS:
+        if self.synced and ticks_diff(ticks_ms(), self._t) > _ANCHOR_MAX_AGE_MS:
             t = ticks_ms()
             self._ms += ticks_diff(t, self._t)
             self._t = t
@@ -62,7 +65,7 @@ class Outbox:
     """
 
     def __init__(self, nbytes, window, max_frame, batch, clock):
-        self.ring = ringmod.Ring(nbytes)
+        self.ring = Ring(nbytes)
         self.window = window
         self.buf = bytearray(max_frame)
         self.mv = memoryview(self.buf)
@@ -89,10 +92,25 @@ class Outbox:
 
     def put(self, flags, ts, payload):
         fault("ring")
-        if len(payload) + SAMPLE_OVERHEAD + FRAME_OVERHEAD > self.max_frame:
+        if len(payload) + _SAMPLE_OVERHEAD + _FRAME_OVERHEAD > self.max_frame:
             self.ring.dropped += 1  # could never be sent in one frame
             return False
         return self.ring.put(flags, ts, payload)
+
+    def fill(self, parts):
+        """Join parts (str/bytes) into the frame buffer: the hello, built between sessions
+        while no frame is, without a large block of its own. -> a memoryview of the text,
+        valid until the next build; a plain str if it does not fit."""
+        buf = self.buf
+        pos = 0
+        for p in parts:
+            m = memoryview(p)  # a str's UTF-8 bytes, no copy
+            end = pos + len(m)
+            if end > len(buf):
+                return "".join(parts)
+            buf[pos:end] = m
+            pos = end
+        return self.mv[:pos]
 
     def can_build(self):
         return self.n < self.window and self.ring.unpinned > 0
@@ -109,10 +127,10 @@ class Outbox:
         rg = self.ring
         nxt, flags, ts, a, b = rg.record(p)
         fault("frame")
-        if not flags & ringmod.WALL:
+        if not flags & _WALL:
             ts = self.clock.ms(ts)
-            rg.set_ts(p, flags | ringmod.WALL, ts)
-        if flags & ringmod.EVENT:
+            rg.set_ts(p, flags | _WALL, ts)
+        if flags & _EVENT:
             pos = self._w(0, b'{"type":"event","seq":')
             pos = self._w(pos, b"%d" % seq)
             pos = self._w(pos, b',"ts":')
@@ -140,14 +158,14 @@ class Outbox:
             if k >= maxrecs or q >= rg.tail:
                 break
             nxt, flags, ts, a, b = rg.record(q)
-            if flags & ringmod.EVENT:
+            if flags & _EVENT:
                 break
-            if limit and pos + (b - a) + SAMPLE_OVERHEAD + 2 > limit:
+            if limit and pos + (b - a) + _SAMPLE_OVERHEAD + 2 > limit:
                 break
             fault("frame")
-            if not flags & ringmod.WALL:
+            if not flags & _WALL:
                 ts = self.clock.ms(ts)
-                rg.set_ts(q, flags | ringmod.WALL, ts)
+                rg.set_ts(q, flags | _WALL, ts)
         pos = self._w(pos, b"]}")
         return pos, q - p, k
 

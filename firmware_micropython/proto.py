@@ -7,36 +7,21 @@
 # the ring, `hello` by hello.py (loaded once per session).
 import json
 
+from micropython import const
+
 PROTOCOL = 1
 
-# Limits of protocol v1 ("Limits"); welcome.limits may lower them.
-MAX_FRAME_BYTES = 65536
-MAX_SAMPLES = 500
-MAX_VALUES = 64
-MAX_STRING_LENGTH = 256
-MIN_TS = 946684800000  # 2000-01-01, earlier is refused as bad_timestamp
-MAX_SEQ = 9007199254740991  # 2**53 - 1
+# Limits of protocol v1 ("Limits"; frame bytes and samples per frame: link.py). Names with a
+# leading underscore are const(): no global entry, no heap.
+_MAX_VALUES = const(64)
+_MAX_STRING_LENGTH = const(256)
 
-# Close codes (gateway/protocol/errors.py CloseCode) and what a device does.
-NORMAL = 1000
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-SERVICE_RESTART = 1012
-REPLACED = 4000
-DEVICE_MISMATCH = 4001
-HELLO_TIMEOUT = 4002
-DEVICE_REMOVED = 4003
-UNSUPPORTED_PROTOCOL = 4004
-TOKEN_REVOKED = 4005
-
-# "configuration must change": retry only after the long delay (5 min).
-CONFIG_CLOSES = (DEVICE_MISMATCH, DEVICE_REMOVED, UNSUPPORTED_PROTOCOL, TOKEN_REVOKED)
+# Close codes (gateway/protocol/errors.py CloseCode) and what a device does: link.py
+# (close_delay in linkup.py). 1000 normal, 1008 policy violation, 4000 replaced,
+# 4001/4003/4004/4005 the configuration must change (retry after the long delay).
 
 _FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _REST = _FIRST + "0123456789_.:-"
-_STREAM = _FIRST + "0123456789_-"
 _INF = float("inf")
 
 
@@ -50,16 +35,7 @@ def name_ok(name):
     return True
 
 
-def stream_ok(stream):
-    if not isinstance(stream, str) or not 1 <= len(stream) <= 64:
-        return False
-    for c in stream:
-        if c not in _STREAM:
-            return False
-    return True
-
-
-def value_json(v, max_str=MAX_STRING_LENGTH):
+def value_json(v, max_str=_MAX_STRING_LENGTH):
     """JSON text of a reading's value, or None if v is not a valid value.
 
     Valid: bool, finite int/float, str of at most max_str characters.
@@ -75,7 +51,7 @@ def value_json(v, max_str=MAX_STRING_LENGTH):
     return None
 
 
-def values_json(values, max_values=MAX_VALUES, max_str=MAX_STRING_LENGTH, allow_empty=False):
+def values_json(values, max_values=_MAX_VALUES, max_str=_MAX_STRING_LENGTH, allow_empty=False):
     """Encode a {metric: value} map; returns (text, skipped).
 
     Entries with a bad name or value are skipped (and counted), as are those
@@ -100,13 +76,13 @@ def _info_json(info):
     parts = []
     for k in info:
         v = info[k]
-        vj = value_json(v) if name_ok(k) and len(parts) < MAX_VALUES else None
+        vj = value_json(v) if name_ok(k) and len(parts) < _MAX_VALUES else None
         if vj is not None:
             parts.append('"' + k + '":' + vj)
     return "{" + ",".join(parts) + "}"
 
 
-def _str(s, limit=MAX_STRING_LENGTH):
+def _str(s, limit=_MAX_STRING_LENGTH):
     return json.dumps(str(s)[:limit])
 
 

@@ -9,8 +9,10 @@
 # '"name","data":{...}') and WALL (ts is ms since the epoch, not ticks_ms).
 import struct
 
-HDR = 11
-EVENT = 1
+from micropython import const
+
+HDR = const(11)  # public: the tests size rings with it
+EVENT = 1  # outbox.py has const copies
 WALL = 2
 
 

@@ -12,6 +12,7 @@
 # Loaded for the sync only and unloaded afterwards, like wsopen.py.
 import asyncio
 import socket
+import time
 
 import compat
 import ws as wsmod
@@ -21,9 +22,37 @@ NTP_DELTA = 2208988800  # 1900-01-01 to 1970-01-01, in seconds
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+MIN_YEAR = 2025  # a clock before this was never set (boards boot at 2000-01-01)
+
+
+def clock_ok():
+    """True when the real-time clock holds a plausible date (needed before TLS checks)."""
+    return time.gmtime()[0] >= MIN_YEAR
+
+
+def set_clock(unix_s):
+    """Set the real-time clock to unix_s (seconds since 1970); False if this port cannot.
+
+    Boards: machine.RTC. The unix port uses the host's clock; under libfaketime (the
+    tests' board that boots at 2000-01-01) it writes FAKETIME_TIMESTAMP_FILE instead.
+    """
+    if time.gmtime(0)[0] == 2000:
+        unix_s -= 946684800  # ports whose epoch is 2000
+    tm = time.gmtime(unix_s)
+    if compat.BOARD:
+        compat.machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
+        return True
+    path = compat.getenv("FAKETIME_TIMESTAMP_FILE")
+    if not path:
+        return False
+    with open(path, "w") as f:
+        f.write("@%04d-%02d-%02d %02d:%02d:%02d\n" % tm[:6])
+    return True
+
+
 async def ensure(url, ntp, addr, timeout_ms=10000):
     """Set the clock if it is not; returns True when it is set (or was)."""
-    if compat.clock_ok():
+    if clock_ok():
         return True
     end = ticks_add(ticks_ms(), timeout_ms)
     t = None
@@ -40,11 +69,11 @@ async def ensure(url, ntp, addr, timeout_ms=10000):
         except (OSError, ValueError, IndexError, asyncio.TimeoutError) as exc:
             log(0, "TIME from the gateway failed: %r" % (exc,))
             return False
-    if not compat.set_clock(t):
+    if not set_clock(t):
         log(0, "TIME this port cannot set its clock")
         return False
     log(1, "TIME set to %d" % t)
-    return compat.clock_ok()
+    return clock_ok()
 
 
 async def sntp(host, end, ns=None):

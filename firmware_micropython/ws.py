@@ -5,15 +5,14 @@
 #   msg = await ws.recv()                 # str or bytes; pings answered inside
 #   await ws.close(1000)
 #
-# Exceptions (all are WSError, itself an OSError so that one `except OSError`
-# in the caller covers sockets, TLS and the WebSocket layer):
+# Exceptions (both OSError, so that one `except OSError` in the caller covers
+# sockets, TLS and the WebSocket layer):
 #
-#   WSError
-#    +-- HandshakeError     the opening handshake failed (.status: HTTP status, 0 if none)
-#    +-- ConnectionClosed   the session is over (.code, .reason; .local: we closed it)
+#   HandshakeError     the opening handshake failed (.status: HTTP status, 0 if none)
+#   ConnectionClosed   the session is over (.code, .reason; .local: we closed it)
 #
 # Memory: frame headers and outgoing chunks use buffers allocated once per
-# connection; a payload is masked TX_CHUNK bytes at a time; an incoming message
+# connection; a payload is masked _TX_CHUNK bytes at a time; an incoming message
 # is refused (close 1009) before it is read if it would exceed max_size. The
 # opening handshake (URL, DNS, TLS context, HTTP upgrade) lives in wsopen.py,
 # which connect() imports for the handshake and unloads afterwards: on a board
@@ -23,31 +22,28 @@ import struct
 import sys
 
 from compat import fault, ticks_ms, urandom
+from micropython import const
 
-# Opcodes, section 5.2.
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+# Opcodes, section 5.2 (const: no global, no heap).
+_OP_CONT = const(0x0)
+_OP_TEXT = const(0x1)
+_OP_BINARY = const(0x2)
+_OP_CLOSE = const(0x8)
+_OP_PING = const(0x9)
+_OP_PONG = const(0xA)
 
 # Close codes used here, section 7.4.1.
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_NO_STATUS = 1005  # never sent: "the close frame had no code"
-CLOSE_ABNORMAL = 1006  # never sent: "the connection dropped without a close frame"
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
+_CLOSE_NORMAL = const(1000)
+_CLOSE_PROTOCOL_ERROR = const(1002)
+_CLOSE_NO_STATUS = const(1005)  # never sent: "the close frame had no code"
+_CLOSE_ABNORMAL = const(1006)  # never sent: "the connection dropped without a close frame"
+_CLOSE_INVALID_DATA = const(1007)
+_CLOSE_TOO_BIG = const(1009)
 
-TX_CHUNK = 256  # payload bytes masked per write; a multiple of 4
-
-
-class WSError(OSError):
-    """Base of the errors raised by this module."""
+_TX_CHUNK = const(256)  # payload bytes masked per write; a multiple of 4
 
 
-class HandshakeError(WSError):
+class HandshakeError(OSError):
     """The server did not accept the WebSocket upgrade (status: its HTTP status, 0 if none)."""
 
     def __init__(self, msg, status=0):
@@ -55,7 +51,7 @@ class HandshakeError(WSError):
         self.status = status
 
 
-class ConnectionClosed(WSError):
+class ConnectionClosed(OSError):
     """The WebSocket is closed; code is the code the peer sent (1005: none, 1006: dropped).
 
     local is true when this end started the close (sent its close frame first).
@@ -68,7 +64,14 @@ class ConnectionClosed(WSError):
         self.local = local
 
 
-async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeout_ms=10000, addr=None):
+def buffers():
+    """A WebSocket's buffers (header, masked chunk, mask pattern: 534 bytes): a client that
+    reconnects allocates them once and passes them to each connect()."""
+    return bytearray(8), bytearray(14 + _TX_CHUNK), bytearray(_TX_CHUNK)
+
+
+async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeout_ms=10000, addr=None,
+                  bufs=None):
     """Open a WebSocket; returns a WebSocket after a verified opening handshake.
 
     token adds `Authorization: Bearer <token>`. For wss:// URLs, ssl is an
@@ -80,7 +83,7 @@ async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeo
     import wsopen
 
     try:
-        return await wsopen.connect(url, token, headers, ssl, max_size, timeout_ms, addr)
+        return await wsopen.connect(url, token, headers, ssl, max_size, timeout_ms, addr, bufs)
     finally:
         unload("wsopen")
 
@@ -103,6 +106,18 @@ def unload(name):
         pass
 
 
+async def _closing(name, *args):
+    """Run wsclose.<name>(*args): the closing handshake and failing a connection are
+    rare, their code is loaded for them (wsclose.py) and unloaded."""
+    import wsclose
+
+    try:
+        f = getattr(wsclose, name)
+    finally:
+        unload("wsclose")
+    await f(*args)
+
+
 def close_quietly(writer):
     if writer is not None:
         try:
@@ -119,15 +134,15 @@ class WebSocket:
     session is over (1006 if the connection dropped without one).
     """
 
-    def __init__(self, reader, writer, max_size):
+    def __init__(self, reader, writer, max_size, bufs=None):
         self._r = reader
         self._w = writer
         self.max_size = max_size
-        self._hdr = bytearray(8)
+        # header, masked chunk, the mask key repeated: buffers() allocated once by the caller
+        # and reused by each connection in turn, or new ones for this connection
+        self._hdr, self._tx, self._pat = bufs or buffers()
         self._hmv = memoryview(self._hdr)
-        self._tx = bytearray(14 + TX_CHUNK)
         self._txmv = memoryview(self._tx)
-        self._pat = bytearray(TX_CHUNK)  # the mask key repeated
         self._lock = asyncio.Lock()
         self._done = asyncio.Event()
         self._reading = False
@@ -147,7 +162,7 @@ class WebSocket:
         when the session ends (peer's close, our close, failure or EOF).
         """
         if self.closed:
-            raise ConnectionClosed(self.close_code or CLOSE_ABNORMAL, self.close_reason)
+            raise ConnectionClosed(self.close_code or _CLOSE_ABNORMAL, self.close_reason)
         self._reading = True
         try:
             return await self._recv()
@@ -156,7 +171,7 @@ class WebSocket:
                 raise
             # Section 7.1.5: no close frame received -> 1006.
             if self.close_code is None:
-                self.close_code = CLOSE_ABNORMAL
+                self.close_code = _CLOSE_ABNORMAL
             await self._shutdown()
             raise ConnectionClosed(self.close_code, str(exc))
         finally:
@@ -170,30 +185,30 @@ class WebSocket:
             fin, op, n = await self._read_header()
             if op >= 0x8:  # control frame, section 5.5
                 if not fin or n > 125:
-                    await self._fail(CLOSE_PROTOCOL_ERROR, "bad control frame")
+                    await self._fail(_CLOSE_PROTOCOL_ERROR, "bad control frame")
                 payload = await self._read_payload(n)
-                if op == OP_PING:
+                if op == _OP_PING:
                     if not self.close_sent:
-                        await self._send_frame(OP_PONG, payload)  # section 5.5.3
-                elif op == OP_PONG:
+                        await self._send_frame(_OP_PONG, payload)  # section 5.5.3
+                elif op == _OP_PONG:
                     self.last_pong = ticks_ms()
-                elif op == OP_CLOSE:
+                elif op == _OP_CLOSE:
                     await self._on_close(payload)
                 else:
-                    await self._fail(CLOSE_PROTOCOL_ERROR, "unknown control opcode")
+                    await self._fail(_CLOSE_PROTOCOL_ERROR, "unknown control opcode")
                 continue
-            if op == OP_CONT:
+            if op == _OP_CONT:
                 if mop is None:
-                    await self._fail(CLOSE_PROTOCOL_ERROR, "continuation without a message")
-            elif op == OP_TEXT or op == OP_BINARY:
+                    await self._fail(_CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            elif op == _OP_TEXT or op == _OP_BINARY:
                 if mop is not None:
-                    await self._fail(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+                    await self._fail(_CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
                 mop = op
             else:
-                await self._fail(CLOSE_PROTOCOL_ERROR, "unknown opcode")
+                await self._fail(_CLOSE_PROTOCOL_ERROR, "unknown opcode")
             if total + n > self.max_size:
                 # Refuse before reading: nothing of it is ever in RAM (section 7.4.1, 1009).
-                await self._fail(CLOSE_TOO_BIG, "message over %d bytes" % self.max_size)
+                await self._fail(_CLOSE_TOO_BIG, "message over %d bytes" % self.max_size)
             data = await self._read_payload(n)
             total += n
             if not fin:
@@ -210,11 +225,11 @@ class WebSocket:
                 mop = None
                 total = 0
                 continue
-            if mop == OP_TEXT:
+            if mop == _OP_TEXT:
                 try:
                     return str(data, "utf-8")
                 except UnicodeError:
-                    await self._fail(CLOSE_INVALID_DATA, "text message is not UTF-8")
+                    await self._fail(_CLOSE_INVALID_DATA, "text message is not UTF-8")
             return bytes(data)
 
     async def _read_exact(self, mv):
@@ -236,9 +251,9 @@ class WebSocket:
         b0 = self._hdr[0]
         b1 = self._hdr[1]
         if b0 & 0x70:
-            await self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set")  # no extension negotiated
+            await self._fail(_CLOSE_PROTOCOL_ERROR, "reserved bits set")  # no extension negotiated
         if b1 & 0x80:
-            await self._fail(CLOSE_PROTOCOL_ERROR, "server frames must not be masked")
+            await self._fail(_CLOSE_PROTOCOL_ERROR, "server frames must not be masked")
         n = b1 & 0x7F
         if n == 126:
             await self._read_exact(h[:2])
@@ -255,79 +270,40 @@ class WebSocket:
         return buf
 
     async def _on_close(self, payload):
-        # Section 5.5.1: answer a close with a close (echoing the code), then end.
-        if len(payload) >= 2:
-            code = struct.unpack_from("!H", payload)[0]
-            try:
-                reason = str(payload[2:], "utf-8")
-            except UnicodeError:
-                reason = ""
-        else:
-            code, reason = CLOSE_NO_STATUS, ""
-        self.close_code = code
-        self.close_reason = reason
-        local = self.close_sent
-        if not self.close_sent:
-            try:
-                await self._send_close(code if code != CLOSE_NO_STATUS else None, "")
-            except OSError:
-                pass
-        await self._shutdown()
-        raise ConnectionClosed(code, reason, local)
+        await _closing("on_close", self, payload)
 
     async def _fail(self, code, reason):
-        """Fail the connection (section 7.1.7): send close(code), wait briefly, drop it."""
-        if not self.close_sent:
-            try:
-                await self._send_close(code, reason)
-            except OSError:
-                pass
-        # Let the peer read our close frame before the socket goes: closing a
-        # socket with unread input makes the kernel send a RST, which can
-        # discard the close frame on the way. Read and discard until EOF.
-        try:
-            await asyncio.wait_for_ms(self._discard(), 1000)
-        except (asyncio.TimeoutError, OSError, EOFError):
-            pass
-        await self._shutdown()
-        raise ConnectionClosed(code, reason, True)
-
-    async def _discard(self):
-        scratch = memoryview(self._hdr)
-        while True:
-            r = await self._r.readinto(scratch)
-            if r == 0:
-                return
+        await _closing("fail", self, code, reason)
 
     # -- sending --------------------------------------------------------------
 
     async def send(self, data):
         """Send str as one text frame, bytes/bytearray/memoryview as one binary frame."""
         if isinstance(data, str):
-            await self._send_frame(OP_TEXT, data)
+            await self._send_frame(_OP_TEXT, data)
         else:
-            await self._send_frame(OP_BINARY, data)
+            await self._send_frame(_OP_BINARY, data)
 
     async def send_text(self, data):
         """Send data (str, or UTF-8 bytes / bytearray / memoryview) as one text frame."""
-        await self._send_frame(OP_TEXT, data)
+        await self._send_frame(_OP_TEXT, data)
 
     async def ping(self, data=b""):
-        await self._send_frame(OP_PING, data)
+        await self._send_frame(_OP_PING, data)
 
     async def _send_close(self, code, reason):
         if code is None:
             payload = b""
         else:
             payload = struct.pack("!H", code) + reason.encode()[:123]
-        await self._send_frame(OP_CLOSE, payload)
+        await self._send_frame(_OP_CLOSE, payload)
         self.close_sent = True
 
     async def _send_frame(self, op, payload):
         # Section 5.2/5.3: client frames are masked with a fresh random key.
         async with self._lock:
             if self.closed or self.close_sent:
-                raise ConnectionClosed(self.close_code or CLOSE_ABNORMAL, "closed", True)
+                raise ConnectionClosed(self.close_code or _CLOSE_ABNORMAL, "closed", True)
             src = memoryview(payload)  # str too: its UTF-8 bytes, no copy
             n = len(src)
             tx = self._tx
@@ -349,19 +325,19 @@ class WebSocket:
             pat = self._pat
             pat[0:4] = key
             k = 4
-            while k < TX_CHUNK:  # repeat the key by doubling: C-speed copies
-                c = min(k, TX_CHUNK - k)
+            while k < _TX_CHUNK:  # repeat the key by doubling: C-speed copies
+                c = min(k, _TX_CHUNK - k)
                 pat[k : k + c] = pat[0:c]
                 k += c
             off = 0
             pos = h
             w = self._w
             while True:
-                m = min(n - off, TX_CHUNK)
+                m = min(n - off, _TX_CHUNK)
                 fault("send")
                 if m:
                     # XOR m bytes at once as big integers; pat starts on a key
-                    # boundary because every chunk but the last is TX_CHUNK long.
+                    # boundary because every chunk but the last is _TX_CHUNK long.
                     x = int.from_bytes(src[off : off + m], "big") ^ int.from_bytes(pat[:m], "big")
                     tx[pos : pos + m] = x.to_bytes(m, "big")
                 w.write(self._txmv[: pos + m])
@@ -373,35 +349,16 @@ class WebSocket:
 
     # -- closing --------------------------------------------------------------
 
-    async def close(self, code=CLOSE_NORMAL, reason="", timeout_ms=2000):
+    async def close(self, code=_CLOSE_NORMAL, reason="", timeout_ms=2000):
         """Start the closing handshake and wait (up to timeout_ms) for the peer's close."""
-        if self.closed:
-            return
-        try:
-            if not self.close_sent:
-                await self._send_close(code, reason)
-            if self._reading:
-                # Another task is in recv(): it will see the peer's close frame.
-                await asyncio.wait_for_ms(self._done.wait(), timeout_ms)
-            else:
-                await asyncio.wait_for_ms(self._until_closed(), timeout_ms)
-        except (OSError, EOFError, asyncio.TimeoutError):
-            pass
-        await self._shutdown()
-
-    async def _until_closed(self):
-        try:
-            while True:
-                await self._recv()
-        except ConnectionClosed:
-            pass
+        await _closing("close", self, code, reason, timeout_ms)
 
     def abort(self):
         """Drop the connection now, without a closing handshake."""
         if not self.closed:
             self.closed = True
             if self.close_code is None:
-                self.close_code = CLOSE_ABNORMAL
+                self.close_code = _CLOSE_ABNORMAL
             close_quietly(self._w)
             self._done.set()
 
@@ -409,7 +366,7 @@ class WebSocket:
         if not self.closed:
             self.closed = True
             if self.close_code is None:
-                self.close_code = CLOSE_ABNORMAL
+                self.close_code = _CLOSE_ABNORMAL
             try:
                 self._w.close()
                 await self._w.wait_closed()

@@ -78,7 +78,7 @@ def pem_to_der(pem):
     return binascii.a2b_base64(b"".join(body.split()))
 
 
-async def connect(url, token, headers, ssl, max_size, timeout_ms, addr=None):
+async def connect(url, token, headers, ssl, max_size, timeout_ms, addr=None, bufs=None):
     """See ws.connect. addr: [resolved address or None, DNS server or None], the
     caller's cache; it clears addr[0] after a failure so that DNS runs again."""
     secure, host, port, path = parse_url(url)
@@ -109,7 +109,7 @@ async def connect(url, token, headers, ssl, max_size, timeout_ms, addr=None):
     except BaseException:
         close_quietly(stream or sock)
         raise
-    return WebSocket(stream, stream, max_size)
+    return WebSocket(stream, stream, max_size, bufs)
 
 
 async def _tcp(ai, ctx, host, end):

@@ -5,7 +5,10 @@
 # config "type", a class with this interface:
 #   sensor:  .metrics -> [(metric, unit, kind)], async .read() -> {metric: value}
 #   input:   .name, .value() -> bool            (debounced by Debounce below)
-#   output:  .name, .set(value) -> value, .toggle() -> value, .value
+#   output:  .name, .value (True/False, or 0.0..1.0 for pwm), .set(value) -> value
+#            (value already checked by command.py), .level() -> what the pin is driven to
+# Output config types: led, output, pwm_led (the agent's actuator kinds, docs/commands.md
+# "Actuators: one vocabulary"), or the older digital (= output) and pwm (= pwm_led).
 # Simulated drivers are used when config "simulate" is true, or automatically
 # when the port has no machine.Pin (the unix port).
 from compat import BOARD, log, ticks_diff, ticks_ms
@@ -43,15 +46,23 @@ def build(cfg):
             log(0, "DRIVER input %r failed to start: %r" % (ic.get("name"), exc))
     outputs = {}
     for oc in cfg.get("outputs", []):
-        cls = mod.OUTPUTS.get(oc.get("type", "digital"))
+        t = oc.get("type", "digital")
+        cls = mod.OUTPUTS.get(t)
         if cls is None:
-            log(0, "DRIVER unknown output type %r, skipped" % oc.get("type"))
+            log(0, "DRIVER unknown output type %r, skipped (led, output, pwm_led)" % t)
             continue
         try:
-            outputs[oc["name"]] = cls(oc)
+            o = cls(oc)
+            o.kind = KINDS.get(t, t)  # what hello's info.outputs and each result call it
+            o.gpio = oc.get("pin")
+            o.blinker = None  # the task of a running blink (command.py)
+            outputs[oc["name"]] = o
         except Exception as exc:
             log(0, "DRIVER output %r failed to start: %r" % (oc.get("name"), exc))
     return sensors, inputs, outputs
+
+
+KINDS = {"digital": "output", "pwm": "pwm_led"}
 
 
 def scaled(cfg, fraction):

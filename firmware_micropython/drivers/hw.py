@@ -116,42 +116,41 @@ class Input:
 
 
 class Digital:
+    """On/off output (types led, output, digital); invert: true for an active-low relay."""
+
     def __init__(self, cfg):
         self.name = cfg["name"]
         self.invert = cfg.get("invert", False)
         self.pin = machine.Pin(cfg["pin"], machine.Pin.OUT)
         self.value = False
-        self.set(cfg.get("initial", False))
+        self.set(bool(cfg.get("initial", False)))
 
     def set(self, value):
-        self.value = bool(value)
-        self.pin.value(self.value != self.invert)
-        return self.value
+        self.value = value
+        self.pin.value(value != self.invert)
+        return value
 
-    def toggle(self):
-        return self.set(not self.value)
+    def level(self):
+        return bool(self.pin.value())
 
 
 class PWM:
-    """PWM output; value is the duty cycle from 0.0 to 1.0."""
+    """PWM output (types pwm_led, pwm); value is the duty cycle from 0.0 to 1.0."""
 
     def __init__(self, cfg):
         self.name = cfg["name"]
         self.pwm = machine.PWM(_pin(cfg["pin"]))
         self.pwm.freq(cfg.get("freq", 1000))
         self.value = 0.0
-        self.set(cfg.get("initial", 0.0))
+        self.set(float(cfg.get("initial", 0.0)))
 
     def set(self, value):
-        value = float(value)
-        if not 0 <= value <= 1:
-            raise ValueError("pwm value must be between 0 and 1")
         self.pwm.duty_u16(int(value * 65535))
         self.value = value
         return value
 
-    def toggle(self):
-        return self.set(0.0 if self.value else 1.0)
+    def level(self):
+        return self.value
 
 
-OUTPUTS = {"digital": Digital, "pwm": PWM}
+OUTPUTS = {"led": Digital, "output": Digital, "digital": Digital, "pwm_led": PWM, "pwm": PWM}

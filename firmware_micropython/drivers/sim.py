@@ -14,66 +14,46 @@ def _wave(cfg, base, amp, period_s):
     return round(v, 2)
 
 
-class Counter:
-    """Counts its reads (metric "n" by default): the tests find every sample by it."""
+class Sensor:
+    """Every simulated sensor type in one class (a class costs heap on a board): "counter"
+    counts its reads (metric "n" by default: the tests find every sample by it); the others
+    are slow sine waves, config "wave" {base, amp, period_s} overriding the first one's."""
 
     def __init__(self, cfg):
-        self.metric = cfg.get("metric", "n")
-        self.metrics = [(self.metric, "", "counter")]
+        t = cfg.get("type")
+        self.cfg = cfg
         self.n = 0
+        if t == "counter":
+            self.metrics = [(cfg.get("metric", "n"), "", "counter")]
+            self.waves = ()
+        elif t in ("dht11", "dht22"):
+            m = cfg.get("metrics", ["temperature", "humidity"])
+            self.metrics = [(m[0], "C", "gauge"), (m[1], "%", "gauge")]
+            self.waves = ((21, 2, 600), (45, 10, 1200))
+        else:
+            if t == "adc":
+                d = ("adc", "", cfg.get("offset", 0) + cfg.get("scale", 1) * 0.5, cfg.get("scale", 1) * 0.4, 600)
+            elif t == "rp2_temp":
+                d = ("chip_temp", "C", 27, 1.5, 900)
+            elif t == "ds18b20":
+                d = ("temperature", "C", 19, 3, 1800)
+            else:  # "sim"
+                d = ("value", "", 0.5, 0.4, 600)
+            self.metrics = [(cfg.get("metric", d[0]), cfg.get("unit", d[1]), "gauge")]
+            self.waves = (d[2:],)
 
     async def read(self):
-        self.n += 1
-        return {self.metric: self.n}
+        if not self.waves:
+            self.n += 1
+            return {self.metrics[0][0]: self.n}
+        r = {}
+        for i in range(len(self.waves)):
+            r[self.metrics[i][0]] = _wave(self.cfg if i == 0 else {}, *self.waves[i])
+        return r
 
 
-class Wave:
-    def __init__(self, cfg, metric="value", unit="", base=0.5, amp=0.4, period_s=600):
-        self.cfg = cfg
-        self.metric = cfg.get("metric", metric)
-        self.metrics = [(self.metric, cfg.get("unit", unit), "gauge")]
-        self.args = (base, amp, period_s)
-
-    async def read(self):
-        return {self.metric: _wave(self.cfg, *self.args)}
-
-
-class ADC(Wave):
-    def __init__(self, cfg):
-        super().__init__(cfg, "adc", "", cfg.get("offset", 0) + cfg.get("scale", 1) * 0.5,
-                         cfg.get("scale", 1) * 0.4)
-
-
-class ChipTemp(Wave):
-    def __init__(self, cfg):
-        super().__init__(cfg, "chip_temp", "C", 27, 1.5, 900)
-
-
-class DS18B20(Wave):
-    def __init__(self, cfg):
-        super().__init__(cfg, "temperature", "C", 19, 3, 1800)
-
-
-class DHT:
-    def __init__(self, cfg):
-        self.cfg = cfg
-        m = cfg.get("metrics", ["temperature", "humidity"])
-        self.metrics = [(m[0], "C", "gauge"), (m[1], "%", "gauge")]
-
-    async def read(self):
-        return {self.metrics[0][0]: _wave(self.cfg, 21, 2, 600),
-                self.metrics[1][0]: _wave({}, 45, 10, 1200)}
-
-
-SENSORS = {
-    "counter": Counter,
-    "sim": Wave,
-    "adc": ADC,
-    "rp2_temp": ChipTemp,
-    "dht11": DHT,
-    "dht22": DHT,
-    "ds18b20": DS18B20,
-}
+SENSORS = {"counter": Sensor, "sim": Sensor, "adc": Sensor, "rp2_temp": Sensor, "dht11": Sensor,
+           "dht22": Sensor, "ds18b20": Sensor}
 
 
 class Input:
@@ -91,28 +71,21 @@ class Input:
 
 
 class Output:
-    """Simulated output: remembers its value and logs every change."""
+    """Simulated output: remembers its value and logs every change (OUTPUT name value)."""
 
     def __init__(self, cfg):
         self.name = cfg["name"]
-        self.pwm = cfg.get("type") == "pwm"
-        self.value = 0.0 if self.pwm else False
+        self.pwm = cfg.get("type") in ("pwm", "pwm_led")
+        self.invert = cfg.get("invert", False)
+        self.value = float(cfg.get("initial", 0)) if self.pwm else bool(cfg.get("initial", False))
 
     def set(self, value):
-        if self.pwm:
-            value = float(value)
-            if not 0 <= value <= 1:
-                raise ValueError("pwm value must be between 0 and 1")
-        else:
-            value = bool(value)
         self.value = value
         log(0, "OUTPUT %s %s" % (self.name, value))
         return value
 
-    def toggle(self):
-        if self.pwm:
-            return self.set(0.0 if self.value else 1.0)
-        return self.set(not self.value)
+    def level(self):
+        return self.value if self.pwm else self.value != self.invert
 
 
-OUTPUTS = {"digital": Output, "pwm": Output}
+OUTPUTS = {"led": Output, "output": Output, "digital": Output, "pwm_led": Output, "pwm": Output}

@@ -64,7 +64,7 @@ def compile_firmware(dest: Path) -> Path:
         if rel.name in ("main.py", "boot.py"):
             target.write_bytes(source.read_bytes())
         else:
-            subprocess.run([mpy_cross_binary(), "-o", str(target.with_suffix(".mpy")), str(source)],
+            subprocess.run([mpy_cross_binary(), "-s", rel.as_posix(), "-o", str(target.with_suffix(".mpy")), str(source)],
                            check=True, capture_output=True)  # fmt: skip
     return dest
 

@@ -115,15 +115,15 @@ def test_hello_then_commands_are_run_and_answered(tmp_path: Path) -> None:
         now = now_ms()
         commands = [
             ("c1", "ping", {}, 0),
-            ("c2", "set", {"output": "led", "value": True}, now + 10_000),
-            ("c3", "toggle", {"output": "led"}, 0),
-            ("c4", "set", {"output": "fan", "value": 0.25}, 0),
-            ("c5", "set", {"output": "fan", "value": 2}, 0),
+            ("c2", "set", {"target": "led", "value": True}, now + 10_000),
+            ("c3", "toggle", {"target": "led"}, 0),
+            ("c4", "set", {"output": "fan", "value": 0.25}, 0),  # output: target's deprecated name
+            ("c5", "set", {"target": "fan", "value": 2}, 0),
             ("c6", "reboot", {}, 0),
             ("c7", "ping", {}, now - 1000),
             ("c8", "read_now", {}, 0),
-            ("c9", "set", {"output": "relay9", "value": True}, 0),
-            ("c3", "toggle", {"output": "led"}, 0),  # redelivered: answered, not run again
+            ("c9", "set", {"target": "relay9", "value": True}, 0),
+            ("c3", "toggle", {"target": "led"}, 0),  # redelivered: answered, not run again
             ("c10", "set_interval", {"seconds": 0.5}, 0),  # under the 1 s floor (min_interval_s)
             ("c11", "set_interval", {"seconds": 2}, 0),
         ]
@@ -149,19 +149,22 @@ def test_hello_then_commands_are_run_and_answered(tmp_path: Path) -> None:
         "ping",
         "set",
         "toggle",
+        "blink",
         "read_now",
         "set_interval",
         "ota",
     }
     assert {s["metric"] for s in hello["sensors"]} == {"n", "temperature", "humidity"}
     assert isinstance(hello["info"]["mem_free"], int) and hello["info"]["mem_free"] > 0
+    assert hello["info"]["outputs"] == "led:output,fan:pwm_led"  # config types digital, pwm
 
-    assert results["c1"] == {"type": "result", "id": "c1", "ok": True, "value": "pong"}
-    assert results["c2"]["ok"] is True and results["c2"]["value"] is True
-    assert results["c3"]["value"] is False
+    assert results["c1"]["value"] == {"pong": True, "actuators": {"led": False, "fan": 0.0}}
+    assert results["c2"]["ok"] is True and results["c2"]["value"]["value"] is True
+    assert results["c3"]["value"]["value"] is False
     assert results["c3#last"] == results["c3"]
-    assert results["c4"] == {"type": "result", "id": "c4", "ok": True, "value": 0.25}
-    assert results["c5"]["ok"] is False and "between 0 and 1" in results["c5"]["error"]
+    assert results["c4"]["value"] == {"target": "fan", "type": "pwm_led", "value": 0.25, "pin": None,
+                                      "pin_state": 0.25}  # fmt: skip
+    assert results["c5"]["ok"] is False and "level from 0 to 1" in results["c5"]["error"]
     assert results["c6"] == {"type": "result", "id": "c6", "ok": False, "error": "unknown command: reboot"}
     assert results["c7"] == {
         "type": "result",
@@ -171,8 +174,9 @@ def test_hello_then_commands_are_run_and_answered(tmp_path: Path) -> None:
     }
     assert results["c8"]["ok"] is True and {"n", "temperature", "humidity"} <= set(results["c8"]["value"])
     assert results["c9"]["ok"] is False and "relay9" in results["c9"]["error"]
-    assert results["c10"] == {
-        "type": "result", "id": "c10", "ok": False, "error": "ValueError: seconds must be between 1 and 86400"
+    assert results["c10"] == {  # "NAME failed: Type: message", as the agent says it
+        "type": "result", "id": "c10", "ok": False,
+        "error": "set_interval failed: ValueError: seconds must be between 1 and 86400",
     }  # fmt: skip
     assert results["c11"] == {"type": "result", "id": "c11", "ok": True, "value": 2}
     # led: set True, toggled once (the redelivered toggle did not run again).
@@ -344,6 +348,7 @@ def test_the_example_config_runs_on_the_unix_port_with_simulated_drivers(tmp_pat
     assert hello["device"] == example["device"]
     metrics = {s["metric"] for s in hello["sensors"]}
     assert metrics == {"temperature", "humidity", "soil_temp", "light"}  # an ESP32 example: no rp2_temp
-    assert {"set", "toggle", "ping", "read_now", "set_interval", "ota"} == {
+    assert {"set", "toggle", "blink", "ping", "read_now", "set_interval", "ota"} == {
         c["name"] for c in hello["commands"]
     }
+    assert hello["info"]["outputs"] == "led:output,fan:pwm_led"  # its types digital, pwm

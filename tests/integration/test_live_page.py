@@ -26,6 +26,7 @@ from selenium.webdriver.support.ui import Select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.firmware.mp import Firmware, base_config
 from tests.integration.test_agent_gateway import AgentProcess
 from tests.support.browser import ARTIFACTS, chromium, wait_until
 from tests.support.device import ScriptedDevice
@@ -141,6 +142,7 @@ class Live:
     thermo: Thermometer
     agent: AgentProcess
     token: str
+    board: Firmware
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +158,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         loop = LoopThread()
         thermo = Thermometer(gw.device_url, gw.add_device("thermo-1"))
         loop.run(thermo.start())
+        # the real firmware (MicroPython unix port) with an LED output, in the shared vocabulary
+        board = Firmware(tmp, base_config(gw.device_url, gw.add_device("board-1"), device="board-1", interval_s=1,
+                                          trace=False, outputs=[{"name": "led", "type": "led", "pin": 2}]))  # fmt: skip
+        board.start()
         try:
             with chromium(tmp / "profile") as driver:
-                yield Live(gw, driver, loop, thermo, agent, token)
+                yield Live(gw, driver, loop, thermo, agent, token, board)
         finally:
+            board.stop()
             loop.run(thermo.stop())
             loop.stop()
             agent.stop()
@@ -268,7 +275,7 @@ def test_the_page_lists_devices_with_their_state(live: Live) -> None:
     sign_in(live, live.token)
     wait_until("the feed to be live", lambda: text(d, "#feed-state") == "live", driver=d)
     assert d.execute_script("return sessionStorage.getItem('iotgw.token')") == live.token
-    for name in ("pi-kitchen", "thermo-1"):
+    for name in ("pi-kitchen", "thermo-1", "board-1"):
         wait_until(
             f"{name} online",
             lambda name=name: (
@@ -282,7 +289,7 @@ def test_the_page_lists_devices_with_their_state(live: Live) -> None:
         "the agent's version", lambda: "iotgw-agent/" in (t := device_button(live, "pi-kitchen").text) and t
     )
     assert "buf" in agent_line and "drop" in agent_line
-    wait_until("status strip", lambda: text(d, "#st-devices") == "2 / 2", driver=d)
+    wait_until("status strip", lambda: text(d, "#st-devices") == "3 / 3", driver=d)
 
 
 def test_a_reading_from_a_device_appears_on_the_page(live: Live) -> None:
@@ -441,6 +448,33 @@ def test_the_led_switch_shows_the_state_the_agent_reports(live: Live, tmp_path: 
     ]
     assert all(shot.stat().st_size > 10_000 for shot in shots)
     print("screenshots:", *shots)
+
+
+def test_a_boards_led_switch_shows_the_state_the_firmware_reports(live: Live) -> None:
+    d = live.driver
+    ensure_signed_in(live)
+    select_device(live, "board-1")
+    wait_until(
+        "the board's led switch", lambda: output(d, "led").find_element(By.CSS_SELECTOR, ".switch"), driver=d
+    )
+    assert output(d, "led").get_attribute("data-kind") == "led"  # from the board's hello info.outputs
+    wait_until("the ping button", lambda: d.find_element(By.CSS_SELECTOR, 'button.action[data-command="ping"]'),
+               driver=d).click()  # fmt: skip
+    before = wait_until("the led state", lambda: settled_state(d, "led") in ("on", "off") and settled_state(d, "led"),
+                        timeout=15, driver=d)  # fmt: skip
+    expected = "off" if before == "on" else "on"
+    switch = output(d, "led").find_element(By.CSS_SELECTOR, ".switch")
+    wait_until("the switch enabled", lambda: switch.is_enabled(), driver=d)
+    switch.click()
+    wait_until(
+        f"the board's led {expected}", lambda: settled_state(d, "led") == expected, timeout=15, driver=d
+    )
+    result = wait_until("the set result", lambda: newest_set_result(d), driver=d)
+    assert result == {"target": "led", "type": "led", "value": expected == "on", "pin": 2,
+                      "pin_state": expected == "on"}  # fmt: skip
+    level = "high" if expected == "on" else "low"
+    assert text(d, "#command-log tr td.result") == f"led is {expected} (GPIO2 {level})"
+    live.board.wait_line(rf"^OUTPUT led {expected == 'on'}$", timeout=5)  # the simulated pin was driven
 
 
 def test_a_failed_output_says_why_and_a_slider_shows_the_reported_level(live: Live) -> None:
