@@ -23,12 +23,14 @@ import threading
 import time
 from typing import Any
 
-from .drive import AGENT_WINDOW, check_durability, drive, fmt_ms, load_spec, sizes, start_gateway
+from .drive import fmt_ms, sizes, start_gateway
 from .registry import Context, Result, scenario
 from .stats import Histogram
 from .workload import Shared
 
 RESPONDER = "rtt-responder"
+COMMAND_INTERVAL_S = 0.05
+"""One command every 50 ms at most: 200-300 round trips in a 10-15 s window, enough for a p99."""
 
 
 class Responder:
@@ -90,12 +92,16 @@ class Responder:
 
 
 class CommandClient:
-    """The companion of ``drive``: sends commands one after another through the measurement window."""
+    """The companion of ``drive``: sends commands through the measurement window, one at a time,
+    at most one every ``interval_s`` (a steady trickle, so that the commands do not become the load)."""
 
-    def __init__(self, shared: Shared, port: int, token: str) -> None:
+    def __init__(
+        self, shared: Shared | None, port: int, token: str, interval_s: float = COMMAND_INTERVAL_S
+    ) -> None:
         self.shared = shared
         self.port = port
         self.token = token
+        self.interval_s = interval_s
         self.hist = Histogram()
         self.states: dict[str, int] = {}
         self.http_errors = 0
@@ -105,20 +111,33 @@ class CommandClient:
         self._thread.start()
 
     def finish(self) -> dict[str, Any]:
-        self._thread.join(120)
-        return {"commands": self.hist.count, "states": self.states, "http_errors": self.http_errors}
+        if self._thread.ident is not None:  # idle(): run in the caller's thread
+            self._thread.join(120)
+        return {"commands": self.hist.count, "states": self.states, "http_errors": self.http_errors,
+                "command_rtt": self.hist.to_dict()}  # fmt: skip
 
     def _run(self) -> None:
-        if not self.shared.go.wait(600):
+        shared = self.shared
+        assert shared is not None
+        if not shared.go.wait(600):
             return
-        t_start, t_end = self.shared.window[0], self.shared.window[1]
+        t_start, t_end = shared.window[0], shared.window[1]
         while time.monotonic() < t_start:
             time.sleep(0.001)
+        self.run_until(t_end, shared.abort.is_set)
+
+    def run_until(self, t_end: float, aborted: Any = lambda: False) -> None:
+        """Send commands until ``time.monotonic()`` reaches ``t_end`` (in this thread)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         body = json.dumps({"name": "ping", "timeout": 10})
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         path = f"/api/v1/devices/{RESPONDER}/commands"
-        while time.monotonic() < t_end and not self.shared.abort.is_set():
+        next_at = time.monotonic()
+        while time.monotonic() < t_end and not aborted():
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            next_at += self.interval_s
             started = time.perf_counter()
             try:
                 conn.request("POST", path, body, headers)
@@ -135,6 +154,73 @@ class CommandClient:
             if state == "succeeded":
                 self.hist.record(elapsed)
         conn.close()
+
+
+class CommandProbe:
+    """Commands beside a load: an operator and the responder device in a running gateway.
+
+    ``probe = CommandProbe(gw)`` (after ``start_gateway``), ``probe.start()`` before ``drive``
+    with ``companion=probe.companion``, ``probe.stop()`` before the gateway stops, then
+    ``probe.add(result, key, m)`` for the figures and checks. ``probe.idle(seconds)`` measures
+    the round trip with nothing else running.
+    """
+
+    def __init__(self, gw: Any) -> None:
+        self.api_port = _api_port(gw.log_path.read_text())
+        self.token, device_token = gw.store_call(
+            f"[operators.add_operator(conn, 'bench', 'control'), registry.add_device(conn, {RESPONDER!r})]"
+        )
+        self.responder = Responder(f"ws://127.0.0.1:{gw.port}/v1/device", device_token)
+        self.clients: list[CommandClient] = []
+        self._server_before: dict[str, float] = {}
+        self.server_after: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.responder.start()
+        self._server_before = _server_rtt(self.api_port)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.server_after = _server_rtt(self.api_port)
+        self.responder.stop()
+
+    def companion(self, shared: Shared) -> CommandClient:
+        client = CommandClient(shared, self.api_port, self.token)
+        self.clients.append(client)
+        return client
+
+    def idle(self, seconds: float) -> CommandClient:
+        client = CommandClient(None, self.api_port, self.token)
+        self.clients.append(client)
+        client.run_until(time.monotonic() + seconds)
+        return client
+
+    def add(
+        self, result: Result, key: str, client: CommandClient | None = None, window_s: float = 0.0
+    ) -> None:
+        """Figures ``command RTT p50/p99, <key>`` and the checks of ``client`` (default: the last)."""
+        client = client or self.clients[-1]
+        hist = client.hist
+        p50, p99 = hist.percentile(50), hist.percentile(99)
+        print(f"  commands, {key}: {hist.count}, round trip p50 {fmt_ms(p50)} p99 {fmt_ms(p99)}", flush=True)
+        rate = f", {hist.count / window_s:.1f}/s" if window_s else ""
+        server = self.server_mean_ms()
+        inside = (
+            "" if server is None else f"; of which sent -> result {server:.1f} ms (mean, the gateway's own)"
+        )
+        result.add(f"command RTT p50, {key}", None if p50 is None else p50 * 1000, "ms",
+                   note=f"{hist.count} commands{rate}, HTTP POST with wait -> final state{inside}")  # fmt: skip
+        result.add(f"command RTT p99, {key}", None if p99 is None else p99 * 1000, "ms", "< 10 ms",
+                   None if p99 is None else p99 * 1000 < 10)  # fmt: skip
+        result.checks[f"{key}: every command succeeded"] = (
+            set(client.states) <= {"succeeded"} and client.http_errors == 0 and hist.count > 0
+        )
+
+    def server_mean_ms(self) -> float | None:
+        n = self.server_after.get("count", 0) - self._server_before.get("count", 0)
+        if not n:
+            return None
+        return 1000 * (self.server_after.get("sum", 0) - self._server_before.get("sum", 0)) / n
 
 
 def _api_port(log_text: str) -> int:
@@ -154,80 +240,34 @@ def _server_rtt(port: int) -> dict[str, float]:
     return {key: float(value) for key, value in found.items()}
 
 
-@scenario("command_rtt", "Command round trip through the HTTP API while ingest runs at half its ceiling")
+@scenario(
+    "command_rtt", "Command round trip through the HTTP API: idle, and the figures of ingest and connections"
+)
 def command_rtt(ctx: Context) -> Result:
-    from gateway import store
-    from gateway.store import operators, registry
-
+    """Idle here; at half load and with 10,000 devices the round trip is measured inside ``ingest``
+    and ``connections`` (a command client beside their paced runs) and repeated in this table."""
     sz = sizes(ctx)
     result = Result()
-    ceiling = ctx.results["ingest"].figure("frames/s, 1 sample/frame") if "ingest" in ctx.results else None
-    if not ceiling:  # measure a short ceiling here
-        gw, devices = start_gateway(ctx, "command-rtt-ceiling", sz.devices, {"IOTGW_API_PORT": "0"})
-        try:
-            m = drive(ctx, "gateway ceiling (for half load)", gw.pid, load_spec(ctx, gw.port, devices, samples=1),
-                      warmup_s=sz.warmup_s, measure_s=max(2.0, sz.measure_s / 3))  # fmt: skip
-        finally:
-            gw.stop()
-        ctx.done(gw.directory)
-        ceiling = m.frames_per_s
-    half_rate = max(0.1, ceiling / 2 / sz.devices)
-
-    gw, devices = start_gateway(ctx, "command-rtt", sz.devices, {"IOTGW_API_PORT": "0"})
-    responder: Responder | None = None
+    gw, _ = start_gateway(ctx, "command-rtt-idle", 0)
+    probe = CommandProbe(gw)
     try:
-        api_port = _api_port(gw.log_path.read_text())
-        conn = store.connect(gw.store_path)
+        probe.start()
         try:
-            token = operators.add_operator(conn, "bench", "control")
-            device_token = registry.add_device(conn, RESPONDER)
+            client = probe.idle(sz.measure_s)
         finally:
-            conn.close()
-        responder = Responder(f"ws://127.0.0.1:{gw.port}/v1/device", device_token)
-        responder.start()
-        clients: list[CommandClient] = []
-
-        def companion(shared: Shared) -> CommandClient:
-            client = CommandClient(shared, api_port, token)
-            clients.append(client)
-            return client
-
-        before = _server_rtt(api_port)
-        m = drive(ctx, "gateway at half load + commands", gw.pid,
-                  load_spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
-                  warmup_s=sz.warmup_s, measure_s=sz.measure_s, companion=companion)  # fmt: skip
-        after = _server_rtt(api_port)
+            probe.stop()
     finally:
-        if responder is not None:
-            responder.stop()
         gw.stop()
-    check_durability(result, m, gw.count_rows(), "half load with commands")
     ctx.done(gw.directory)
-
-    client = clients[0]
-    hist = client.hist
-    p50, p99 = hist.percentile(50), hist.percentile(99)
-    print(
-        f"  commands: {hist.count} in {m.window_s:.1f} s, round trip p50 {fmt_ms(p50)} p99 {fmt_ms(p99)}",
-        flush=True,
-    )
-    server_n = after.get("count", 0) - before.get("count", 0)
-    server_mean = (after.get("sum", 0) - before.get("sum", 0)) / server_n if server_n else None
-    result.add("command round trip p50 (HTTP, wait)", None if p50 is None else p50 * 1000, "ms")
-    result.add("command round trip p99 (HTTP, wait)", None if p99 is None else p99 * 1000, "ms", "< 10 ms",
-               None if p99 is None else p99 * 1000 < 10)  # fmt: skip
-    result.add("commands/s, one client in sequence", hist.count / m.window_s, "/s")
-    result.add("gateway sent -> result, mean", None if server_mean is None else server_mean * 1000, "ms",
+    probe.add(result, "idle", client, window_s=sz.measure_s)
+    result.add("gateway sent -> result, mean (idle)", probe.server_mean_ms(), "ms",
                note="iotgw_command_round_trip_seconds")  # fmt: skip
-    result.add("ingest beside it", m.frames_per_s, "/s", note=f"half of {ceiling:,.0f} frames/s")
-    ack_p99 = m.report.ack_hist.percentile(99)
-    result.add("ack p99 beside it", None if ack_p99 is None else ack_p99 * 1000, "ms")
-    result.checks["every command succeeded"] = set(client.states) <= {"succeeded"} and client.http_errors == 0
-    result.checks["the responder answered every command"] = (
-        responder is not None and responder.answered >= hist.count
-    )
-    result.details = {
-        "ingest": m.summary(),
-        "commands": {"count": hist.count, "states": client.states, "http_errors": client.http_errors},
-    }
+    for scenario_name in ("ingest", "connections"):
+        other = ctx.results.get(scenario_name)
+        if other is None or other.error:
+            continue
+        for figure in other.figures:
+            if figure.name.startswith("command RTT"):
+                result.figures.append(figure)
+    result.details = {"idle": client.finish()}
     return result

@@ -261,6 +261,10 @@ def _worker_main(spec: LoadSpec, index: int, first: int, devices: list[tuple[str
         from .mqttgen import MqttDevice  # paho-mqtt is needed only here
 
         factory = MqttDevice
+    elif spec.kind == "mqtt-raw":
+        from .mqttraw import RawMqttDevice
+
+        factory = RawMqttDevice
     worker = Worker(spec, index, first, devices, shared, factory)
     try:
         report = asyncio.run(worker.run())

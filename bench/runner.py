@@ -25,7 +25,7 @@ from pathlib import Path
 # Importing a scenario module registers its scenarios; they are listed and run in this order.
 from . import scenarios  # isort: split
 
-from . import bridge_e2e, command_rtt, influx_e2e
+from . import bridge_e2e, command_rtt, influx_e2e, targets
 from .registry import SCENARIOS, Context, Result
 from .report import RESULTS_DIR, environment, format_table, write_result
 from .targets import MosquittoTarget
@@ -55,7 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run py-spy on the target during each window; folded stacks go to DIR")  # fmt: skip
+    parser.add_argument("--gateway-tree", type=Path, metavar="DIR",
+                        help="run the gateway of this source tree (old/new comparisons in one session)")  # fmt: skip
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for every gateway, e.g. IOTGW_RUNTIME=off (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
+    targets.GATEWAY_ENV.update(item.split("=", 1) for item in args.gateway_env)
+    if args.gateway_tree is not None:
+        targets.GATEWAY_TREE = args.gateway_tree.resolve()
     if args.list:
         for s in SCENARIOS.values():
             print(f"{s.name:<14} {s.title}")
@@ -66,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [SCENARIOS[name] for name in (args.scenarios or list(SCENARIOS))]
 
     env = environment()
+    env["gateway_env"] = dict(targets.GATEWAY_ENV)
+    env["gateway_tree"] = str(targets.GATEWAY_TREE or "this checkout, with its uncommitted changes")
     workdir = Path(tempfile.mkdtemp(prefix="iotgw-bench-"))
     ctx = Context(quick=args.quick, workdir=workdir, processes=args.processes, keep=args.keep,
                   profile_dir=args.profile, devices=args.devices, measure_s=args.measure_s)  # fmt: skip
@@ -79,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = [prog for prog in s.needs if not _have(prog)]
         print(f"\n== {s.name}: {s.title}", flush=True)
         started = time.monotonic()
+        load_before = os.getloadavg()  # the machine is shared: say how busy it was
         if missing:
             result = Result(s.name, s.title, error=f"skipped: {', '.join(missing)} not installed")
         else:
@@ -89,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = Result(s.name, s.title, error=f"{type(exc).__name__}: {exc}")
         result.scenario, result.title = s.name, s.title
         result.seconds = time.monotonic() - started
+        if targets.RUNTIME_NOTES:
+            result.details["gateway_runtime"] = dict(targets.RUNTIME_NOTES)
+            targets.RUNTIME_NOTES.clear()
+        result.details.setdefault("load_average", {"before": [round(x, 2) for x in load_before],
+                                                   "after": [round(x, 2) for x in os.getloadavg()]})  # fmt: skip
+        print(f"   load average before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}", flush=True)
         ctx.results[s.name] = result
         results.append(result)
         path = write_result(result, env, args.results_dir, args.quick)

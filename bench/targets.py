@@ -7,6 +7,8 @@ SIGKILL) by ``stop()``. ``pid`` is what ``procstat`` reads.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import shutil
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +120,20 @@ class Target:
         self.stop()
 
 
+GATEWAY_TREE: Path | None = None
+"""``--gateway-tree``: run the gateway of this source tree (e.g. a ``git worktree`` of an older
+commit) under this bench, for old/new runs alternated in one session."""
+
+
+GATEWAY_ENV: dict[str, str] = {}
+"""``--gateway-env NAME=VALUE``: more environment for every gateway (A/B of a runtime setting)."""
+RUNTIME_NOTES: dict[str, list[str]] = {}
+"""What each gateway logged at shutdown about its run (garbage collections, event-loop lag,
+group commit times: gateway/device/runtime.py, gateway/store/writer.py), by store directory;
+the runner puts them in each scenario's JSON."""
+_RUNTIME_MARKS = ("garbage collector while serving", "event loop lag", "group commits: ")
+
+
 class GatewayTarget(Target):
     """``python -m gateway.cli serve`` with its store in ``directory``; provision before start."""
 
@@ -126,19 +143,42 @@ class GatewayTarget(Target):
         super().__init__(directory)
         self.store_path = self.directory / "gateway.sqlite3"
         self.env = child_env(env)
+        if GATEWAY_TREE is not None:
+            self.env["PYTHONPATH"] = str(GATEWAY_TREE)
+        self.env.update(GATEWAY_ENV)
 
     def provision(self, count: int, prefix: str = "dev") -> list[tuple[str, str]]:
         """Register ``count`` devices in one transaction (registry.add_devices); (name, token)."""
-        from gateway import store
-        from gateway.store import registry
-
         names = [f"{prefix}-{i:05d}" for i in range(count)]
-        conn = store.connect(self.store_path)
-        try:
-            tokens = registry.add_devices(conn, names)
-        finally:
-            conn.close()
+        tokens = self.store_call(
+            f"registry.add_devices(conn, [f'{prefix}-{{i:05d}}' for i in range({count})])"
+        )
         return [(name, tokens[name]) for name in names]
+
+    def store_call(self, expression: str) -> Any:
+        """Evaluate ``expression`` over ``conn`` (the store, opened by the gateway's own code, with
+        ``registry`` and ``operators`` imported): in this process, or with ``--gateway-tree`` in
+        a child process of that tree, so that its schema version is the one that creates the store."""
+        code = (
+            "import json, sys\n"
+            "from gateway import store\n"
+            "from gateway.store import operators, registry\n"
+            f"conn = store.connect({str(self.store_path)!r})\n"
+            f"try:\n    value = {expression}\nfinally:\n    conn.close()\n"
+            "sys.stdout.write(json.dumps(value))\n"
+        )
+        if GATEWAY_TREE is None:
+            scope: dict[str, Any] = {}
+            from contextlib import redirect_stdout
+            from io import StringIO
+
+            out = StringIO()
+            with redirect_stdout(out):
+                exec(code, scope)
+            return json.loads(out.getvalue())
+        done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                              check=True, timeout=120, cwd=self.directory)  # fmt: skip
+        return json.loads(done.stdout)
 
     def start(self, timeout: float = 30.0) -> None:
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--store", str(self.store_path),
@@ -146,6 +186,20 @@ class GatewayTarget(Target):
         self._spawn(cmd, self.env)
         line = self._wait_for(" ready: devices connect to ws://", timeout)
         self.port = int(line.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        code = super().stop(timeout)
+        with contextlib.suppress(OSError):
+            lines = [
+                line.split(": ", 1)[-1].strip()
+                for line in self.log_path.read_text(errors="replace").splitlines()
+                if any(mark in line for mark in _RUNTIME_MARKS)
+            ]
+            if lines:
+                RUNTIME_NOTES[self.directory.name] = lines
+                for line in lines:
+                    print(f"    [{self.directory.name}] {line}", flush=True)
+        return code
 
     def count_rows(self) -> int:
         conn = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=30)

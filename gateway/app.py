@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway import store
 from gateway.config import GatewayConfig
+from gateway.device.runtime import RuntimePolicy
 from gateway.device.server import DEVICE_PATH, DeviceServer
 from gateway.integrations.engine import DeliveryEngine
 from gateway.integrations.influx.sink import EVENTS_CURSOR, READINGS_CURSOR, InfluxSink
@@ -209,10 +210,13 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        runtime = RuntimePolicy.from_environment()  # process-wide: only where the gateway owns the process
+        runtime.start()
         try:
             await stop.wait()
             log.info("shutting down: closing device connections, committing queued readings")
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            await runtime.stop()
             await self.stop()

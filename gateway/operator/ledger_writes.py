@@ -5,7 +5,9 @@ The service records a state change in memory at once and hands the ledger change
 turn of the event loop goes to the store in one ``ledger.write_changes`` transaction on the
 group committer's writer thread, so a burst of changes (many results arriving together, a
 sweep expiring many commands) costs one commit, and ``queued`` + ``sent`` of a command sent
-at once share one.
+at once share one. The call is ``urgent``: its own short transaction as soon as the writer is
+free, not a place behind the readings gathering for the next group commit (docs/commands.md,
+"What is durable when").
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class LedgerWrites:
         if future is None:
             return
         try:
-            written = self._committer.call(lambda conn: ledger.write_changes(conn, changes))
+            written = self._committer.call(lambda conn: ledger.write_changes(conn, changes), urgent=True)
         except RuntimeError as exc:  # the committer has stopped: nothing more can be stored
             log.error("command changes not stored: %s", exc)
             future.set_result(None)

@@ -51,13 +51,16 @@ EventInsert = tuple[int, int, int, str, str]
 
 _INSERT_READINGS = "INSERT INTO readings (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
 _INSERT_EVENTS = "INSERT INTO events (device_id, ts, seq, name, data) VALUES (?, ?, ?, ?, ?)"
-# The batch as one JSON parameter, [[device_id, seq, [{"ts": ..., "values": {...}}, ...]], ...],
-# unpacked frame by frame and sample by sample in order; json_extract returns an object as its
-# minified JSON text, which is exactly msgspec's encoding of sample.values (bulk_insert_works checks).
+# The batch as one JSON parameter, one flat array element per sample,
+# [[device_id, ts, seq, {values}], ...], unpacked by json_each in order; json_extract returns
+# an object as its minified JSON text, which is exactly msgspec's encoding of sample.values
+# (bulk_insert_works checks). Flat, not nested per frame: each json_extract parses one small
+# sample instead of the whole frame's text again for every sample (writer CPU per reading at
+# 10 samples per frame 8.5-9 -> 5.7-7.6 us with the index, 5.7 -> 3.2-4.1 us without it).
 _INSERT_READINGS_JSON = (
     "INSERT INTO readings (device_id, ts, seq, data) "
-    "SELECT json_extract(f.value, '$[0]'), json_extract(s.value, '$.ts'), json_extract(f.value, '$[1]'), "
-    "json_extract(s.value, '$.values') FROM json_each(?) AS f, json_each(f.value, '$[2]') AS s"
+    "SELECT json_extract(r.value, '$[0]'), json_extract(r.value, '$[1]'), json_extract(r.value, '$[2]'), "
+    "json_extract(r.value, '$[3]') FROM json_each(?) AS r"
 )
 _batch_encoder = msgspec.json.Encoder()
 
@@ -69,7 +72,8 @@ def insert_readings_json(conn: sqlite3.Connection, frames: list[ReadingFrame]) -
     ``executemany`` step per sample. Use only where :func:`bulk_insert_works` said yes; the
     caller holds the transaction.
     """
-    conn.execute(_INSERT_READINGS_JSON, (_batch_encoder.encode(frames),))
+    rows = [(device_id, s.ts, seq, s.values) for device_id, seq, samples in frames for s in samples]
+    conn.execute(_INSERT_READINGS_JSON, (_batch_encoder.encode(rows),))
 
 
 def insert_readings(conn: sqlite3.Connection, rows: list[ReadingRow]) -> None:

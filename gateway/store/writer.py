@@ -68,6 +68,7 @@ class GroupCommitter:
         rest, so it carries more frames: at 1,000 devices' frames/s, 40 % less CPU and a third
         fewer bytes written per reading for ~4 ms more ack latency (docs/performance.md)."""
         self._queue: list[_Item] = []  # under _cond: what the writer takes next
+        self._urgent: list[_Call] = []  # under _cond: calls that run before the next batch
         self._pending: list[_Item] = []  # event loop only: submitted, not yet handed over
         self._cond = threading.Condition()
         self._stopping = False
@@ -79,6 +80,8 @@ class GroupCommitter:
         self.pending_samples = 0
         self.listener: CommitListener | None = None
         """Hears committed frames (after their acks) and metadata updates; must not block."""
+        self.commit_ms = CommitTimes()
+        """How long each group commit took in the writer thread (logged at stop)."""
 
     @property
     def commits(self) -> int:
@@ -109,6 +112,7 @@ class GroupCommitter:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+            log.info("group commits: %s", self.commit_ms)
 
     # -- called on the event loop ----------------------------------------------------
 
@@ -129,13 +133,27 @@ class GroupCommitter:
         if self.listener is not None:
             self.listener.device_meta(device_id, fields)
 
-    def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def call(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> asyncio.Future[T]:
         """Run ``fn(conn)`` in the writer thread after the next commit; await its result.
 
         ``fn`` manages its own transaction (the connection is in autocommit mode).
+
+        ``urgent``: run it as soon as the writer is free, before the frames queued for the next
+        group commit and without waiting out ``min_commit_interval``: its own short transaction
+        instead of a place behind thousands of readings (the command ledger: a command's
+        ``sent`` and its result, docs/commands.md "What is durable when"). Only for writes
+        that need no frame submitted earlier to be stored first; they are ordered among
+        themselves.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._put(_Call(fn, future))
+        if urgent:
+            if self._stopping and self._thread is None:
+                raise RuntimeError("the committer is stopped")
+            with self._cond:
+                self._urgent.append(_Call(fn, future))
+                self._cond.notify()
+        else:
+            self._put(_Call(fn, future))
         return future
 
     def reset_device(self, device_id: int) -> None:
@@ -202,18 +220,31 @@ class GroupCommitter:
         assert self._loop is not None
         loop = self._loop
         started = 0.0
+        cond = self._cond
         while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                linger = started + self._min_interval - time.monotonic()
-                if linger > 0 and not self._stopping:
-                    self._cond.wait(linger)  # only stop() notifies now: the queue is not empty
-                batch, self._queue = self._queue, []
-                if not batch and self._stopping:
-                    return
+            urgent: list[_Call] = []
+            with cond:
+                while True:
+                    if self._urgent:  # before the batch, and without its linger
+                        urgent, self._urgent = self._urgent, []
+                        break
+                    if self._queue:
+                        linger = started + self._min_interval - time.monotonic()
+                        if linger > 0 and not self._stopping:
+                            cond.wait(linger)  # an urgent call or stop() notifies meanwhile
+                            continue
+                        batch, self._queue = self._queue, []
+                        break
+                    if self._stopping:
+                        return
+                    cond.wait()
+            if urgent:
+                for call in urgent:
+                    self._run_call(loop, call)
+                continue
             started = time.monotonic()
             outcome = self._batches.commit(batch)
+            self.commit_ms.record(time.monotonic() - started)
             if outcome.stored or outcome.failed:
                 _call_soon(loop, self._completed, outcome.stored, outcome.failed)
             for item in batch:
@@ -227,6 +258,31 @@ class GroupCommitter:
             _call_soon(loop, _settle, call.future, None, exc)
         else:
             _call_soon(loop, _settle, call.future, result, None)
+
+
+class CommitTimes:
+    """A small histogram of commit durations (writer thread writes, anyone reads)."""
+
+    BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS_MS) + 1)
+        self.longest_ms = 0.0
+
+    def record(self, seconds: float) -> None:
+        ms = seconds * 1000
+        self.longest_ms = max(self.longest_ms, ms)
+        for i, bound in enumerate(self.BOUNDS_MS):
+            if ms <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    def __str__(self) -> str:
+        parts = [f"<={b} ms: {n}" for b, n in zip(self.BOUNDS_MS, self.counts, strict=False) if n]
+        if self.counts[-1]:
+            parts.append(f">{self.BOUNDS_MS[-1]} ms: {self.counts[-1]}")
+        return f"{sum(self.counts)} ({', '.join(parts)}; longest {self.longest_ms:.1f} ms)"
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

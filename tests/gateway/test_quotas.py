@@ -283,18 +283,24 @@ def api_get(gw: GatewayProcess, path: str, token: str) -> Any:
 
 
 async def send_all(dev: ScriptedDevice, frames: list[str], *, window: int = 16) -> None:
-    """Send frames with seq 1..n keeping ``window`` unacked; wait until the last is acked or refused."""
+    """Send frames with seq 1..n keeping ``window`` unacked; wait until every frame is acked or
+    refused (a refusal of a later frame can arrive before the ack of an earlier one)."""
     done = 0
+    refused: set[int] = set()
     for seq, frame in enumerate(frames, start=1):
         while seq - window > max(dev.acked, done):
             message = await dev.next(30)
             if message["type"] == "error":
                 done = max(done, message["seq"])
+                refused.add(message["seq"])
         await dev.send(frame)
-    while max(dev.acked, done) < len(frames):
+    while max(dev.acked, done) < len(frames) or dev.acked < max(
+        (s for s in range(1, len(frames) + 1) if s not in refused), default=0
+    ):
         message = await dev.next(30)
         if message["type"] == "error":
             done = max(done, message["seq"])
+            refused.add(message["seq"])
 
 
 def test_end_to_end_names_survive_a_restart_and_latest_stays_bounded(tmp_path: Path) -> None:

@@ -317,3 +317,37 @@ def test_bulk_json_path_and_executemany_fallback_store_identical_rows(
     assert len(rows) == sum(1 + seq % 3 for seq in range(1, 31) if seq % 5) and len(events) == 6
     assert [msgspec.json.decode(row[3]) for row in rows[:1]] == [TRICKY[0]]
     assert devices == [(1, "stream-1", 30), (2, "stream-2", 28), (3, "stream-3", 29)]
+
+
+def test_an_urgent_call_runs_before_the_queued_batch_and_its_linger(
+    path: Path, conn: sqlite3.Connection
+) -> None:
+    """The command ledger's path (docs/commands.md, "What is durable when"): an urgent call does
+    not wait out ``min_commit_interval`` nor the commit of the frames queued before it; urgent
+    calls keep their order; the frames are still committed and acknowledged after."""
+    a = add(conn, "a")
+
+    async def main() -> None:
+        committer = await started(path, min_commit_interval=5.0)
+        sink = Sink()
+        committer.submit(sink, a, "s", frame(1, {"t": 1.0}))
+        await until("the first commit", lambda: sink.committed == [1])  # the next one lingers 5 s
+        committer.submit(sink, a, "s", frame(2, {"t": 2.0}))
+        order: list[str] = []
+
+        def urgent(name: str, c: sqlite3.Connection) -> int:
+            order.append(name)
+            return int(c.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+        t0 = time.monotonic()
+        first = committer.call(functools.partial(urgent, "first"), urgent=True)
+        second = committer.call(functools.partial(urgent, "second"), urgent=True)
+        assert await first == 1 and await second == 1  # frame 2 is not committed yet
+        assert order == ["first", "second"]
+        assert time.monotonic() - t0 < 2.5  # not behind the 5 s linger
+        assert sink.committed == [1]
+        await stopped(committer)  # stop commits what is queued
+        assert sink.committed == [1, 2]
+
+    run(main)
+    assert [row[2] for row in stored_readings(conn)] == [1, 2]
