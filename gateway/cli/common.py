@@ -218,6 +218,14 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def free_loopback_port() -> int:
+    """A port on 127.0.0.1 the kernel says is free now, for a child service the demo starts (a hint
+    only, as ``port_free``: the child reports it if someone took it meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether ``host:port`` can be bound now (a hint only: someone may take it next)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from gateway.cli.common import free_loopback_port
 from gateway.cli.demo_support import child_options
 
 __all__ = ["DemoBroker", "find_mosquitto"]
@@ -27,12 +28,6 @@ START_TIMEOUT_S = 10.0
 def find_mosquitto() -> str | None:
     """The ``mosquitto`` binary (Debian puts it in /usr/sbin, often not on a user's PATH), or None."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class DemoBroker:
@@ -61,7 +56,7 @@ class DemoBroker:
             return None
         directory = root / "mosquitto"
         directory.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_loopback_port()
         lines = [
             f"listener {port} 127.0.0.1",
             "allow_anonymous true",

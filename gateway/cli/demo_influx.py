@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,7 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.cli.common import port_free
+from gateway.cli.common import free_loopback_port, port_free
 from gateway.cli.demo_support import child_options
 
 __all__ = ["DATABASE", "DemoInflux", "find_influxd"]
@@ -38,12 +37,6 @@ PREFERRED_PORT = 8086
 def find_influxd() -> str | None:
     """The ``influxd`` binary (InfluxDB 1.x, Debian package ``influxdb``), or None."""
     return shutil.which("influxd") or shutil.which("influxd", path="/usr/bin:/usr/sbin:/usr/local/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _config(directory: Path, port: int, rpc_port: int) -> str:
@@ -107,7 +100,7 @@ class DemoInflux:
         directory = root / "influxdb"
         directory.mkdir(parents=True, exist_ok=True)
         ports = [PREFERRED_PORT] if port_free("127.0.0.1", PREFERRED_PORT) else []
-        ports.append(_free_port())
+        ports.append(free_loopback_port())
         for port in ports:  # the preferred port may be taken between the probe and the bind
             server = cls._launch(binary, directory, port)
             if server is not None:
@@ -127,7 +120,7 @@ class DemoInflux:
     @classmethod
     def _launch(cls, binary: str, directory: Path, port: int) -> DemoInflux | None:
         config = directory / "influxdb.conf"
-        config.write_text(_config(directory, port, _free_port()), encoding="utf-8")
+        config.write_text(_config(directory, port, free_loopback_port()), encoding="utf-8")
         with (directory / "influxd.log").open("ab") as log:
             proc = subprocess.Popen(
                 [binary, "-config", str(config)],
