@@ -12,24 +12,27 @@ CPython's cyclic collector walks every tracked object of the generations it coll
 collection with 10,000 device connections in the heap (each a ``websockets`` connection, its
 tasks and buffers, the session) took 0.3-0.6 s of the event loop, and one fell in most 30 s
 windows: the ack p99 of 10,000 devices sending one frame every 10 s was 474 ms against a p50 of
-4 ms (docs/performance.md). What is long-lived here is known: the modules and the store at
-start-up, then the connections. So:
+4 ms (docs/performance.md). Young collections are not cheap either: every frame a device sends
+leaves ~15 tracked objects alive until its next frame (the decoded message, the websocket frame,
+the coroutines and future of the pending ``recv``), so with 10,000 devices at one frame every
+10 s the young generations held 150,000-200,000 live objects and a collection of them took
+0.1-0.6 s. Meanwhile the serving path makes almost no cyclic garbage (a census of what the
+young collections freed: nothing from devices; the only source was Starlette's
+``BaseHTTPMiddleware``, replaced, see ``gateway/operator/api/request_metrics.py``). So:
 
-- after start-up everything alive is moved out of the collector's sight (``gc.freeze()``);
-- every ``freeze_every_s`` the young generations are collected (cheap: they are small) and the
-  survivors frozen as well: connections opened since the last look stop costing full
-  collections, and the collections the allocator still triggers walk only what is young;
-- generation 0 is collected every ``threshold0`` net allocations (20,000) instead of 700: fewer
-  objects in flight (queued frames, decoded messages) are promoted, so the full collections that
-  promotions trigger stay away (none after start-up in the 10,000-device runs, against 15-17 of up
-  to 0.5 s of CPU at 700), and GC costs less CPU at the ceiling; the price is larger young
-  collections (generation 1 up to ~0.2 s of CPU around a connection ramp). A/B in
-  docs/performance.md, "Latency under load"; ``None`` keeps CPython's threshold;
-- frozen objects that become garbage in a cycle (a closed connection) are reclaimed by one full
-  collection every ``full_every_s`` (unfreeze, collect, freeze again): that is the one pause left,
-  once an hour by default instead of every half minute, and it is logged with its duration.
+- after start-up everything alive is moved out of the collector's sight (``gc.freeze()``), and
+  again every ``freeze_every_s`` (1 s): freezing is O(1) (a list splice), so the collections the
+  allocator still triggers only ever see objects younger than a second;
+- generation 0 is collected every ``threshold0`` net allocations (20,000) instead of 700:
+  cyclic garbage made and dropped within a second is still found there;
+- frozen objects that become garbage in a cycle are reclaimed by one full collection (unfreeze,
+  collect, freeze again), logged with its reason, duration and what it freed: every
+  ``full_every_s`` (an hour), or sooner when the process's peak RSS grew by more than
+  ``rss_growth`` times plus ``rss_slack_kb`` since the last one. The memory bound is what makes
+  freezing without collecting safe whatever makes garbage; a fleet connecting (10,000 devices:
+  56 -> 277 MiB) triggers a couple of them during its ramp, steady serving none.
 
-Reference counting frees frozen objects as usual; only cycles wait for the hourly collection.
+Reference counting frees frozen objects as usual; only cycles wait for a full collection.
 Process-wide, so applied by the process that serves (``Gateway.run_until_signalled``), not by
 tests that run a gateway inside their own process.
 """
@@ -42,20 +45,115 @@ import gc
 import logging
 import os
 import sys
+import threading
 import time
+from collections import Counter
+from types import FrameType
 
 log = logging.getLogger(__name__)
+
+
+class StallWatch:
+    """Names the code the event loop was running when it stalled.
+
+    A daemon thread looks every ``every_s`` at the lag probe's last tick; when the loop has not
+    ticked for ``threshold_s``, it samples the loop thread's Python stack (innermost frames,
+    ``module:function``) and counts it. A collection by the garbage collector holds the
+    interpreter until it ends, so its stalls show up as samples taken just after a ``gc``
+    callback (labelled ``gc``). ``tick()`` must be called by the lag probe on the loop thread;
+    ``report()`` gives the most frequent stacks; a stall of ``log_over_s`` or more is logged as a
+    warning with its most frequent stack when it ends. Costs one short wake-up every ``every_s``.
+    """
+
+    def __init__(self, *, threshold_s: float = 0.1, every_s: float = 0.025, depth: int = 4,
+                 log_over_s: float = 0.25) -> None:  # fmt: skip
+        self.threshold_s = threshold_s
+        self.log_over_s = log_over_s
+        self.longest = 0.0
+        self.every_s = every_s
+        self.depth = depth
+        self.samples: Counter[str] = Counter()
+        self.stalls = 0
+        self.last_tick = time.monotonic()
+        self.gc_ended = 0.0
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-stall-watch", daemon=True)
+
+    def start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self.last_tick = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def _stack(self, frame: FrameType | None) -> str:
+        names: list[str] = []
+        while frame is not None and len(names) < self.depth:
+            code = frame.f_code
+            module = frame.f_globals.get("__name__", "?")
+            names.append(f"{module}:{code.co_name}")
+            frame = frame.f_back
+        return " < ".join(names) or "?"
+
+    def _run(self) -> None:
+        seen_tick = -1.0
+        current: Counter[str] = Counter()
+        while not self._stop.wait(self.every_s):
+            now = time.monotonic()
+            tick = self.last_tick
+            if now - tick < self.threshold_s:
+                if current:
+                    self._ended(seen_tick, current)
+                    current = Counter()
+                continue
+            if tick != seen_tick:
+                if current:
+                    self._ended(seen_tick, current)
+                    current = Counter()
+                seen_tick = tick
+                self.stalls += 1
+            frame = sys._current_frames().get(self._loop_thread)
+            where = self._stack(frame)
+            if time.monotonic() - self.gc_ended < 0.01:
+                where = "gc, then " + where
+            self.samples[where] += 1
+            current[where] += 1
+
+    def _ended(self, since: float, samples: Counter[str]) -> None:
+        took = self.last_tick - since
+        self.longest = max(self.longest, took)
+        if took >= self.log_over_s:
+            where, n = samples.most_common(1)[0]
+            log.warning("event loop stalled %.0f ms (most often in %s, %d of %d samples)", took * 1000, where, n,
+                        sum(samples.values()))  # fmt: skip
+
+    def report(self, top: int = 5) -> str:
+        total = sum(self.samples.values())
+        if not total:
+            return f"{self.stalls} stalls"
+        lines = [f"{n} x {where}" for where, n in self.samples.most_common(top)]
+        return f"{self.stalls} stalls, {total} samples; " + " | ".join(lines)
 
 
 class RuntimePolicy:
     """``start()`` on the event loop after start-up, ``await stop()`` at shutdown."""
 
-    def __init__(self, *, freeze_every_s: float = 10.0, full_every_s: float = 3600.0,
+    def __init__(self, *, freeze_every_s: float = 1.0, full_every_s: float = 3600.0, rss_growth: float = 1.5,
+                 rss_slack_kb: int = 32 * 1024,
                  threshold0: int | None = 20_000, threshold1: int | None = None, switch_interval_s: float | None = None, freeze: bool = True) -> None:  # fmt: skip
         self.switch_interval_s = switch_interval_s
         self.freeze = freeze
         self._saved_switch: float | None = None
         self.freeze_every_s = freeze_every_s
+        self.rss_growth = rss_growth
+        self.rss_slack_kb = rss_slack_kb
         self.full_every_s = full_every_s
         self.threshold0 = threshold0
         self.threshold1 = threshold1
@@ -67,9 +165,14 @@ class RuntimePolicy:
         self.pauses: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
         """Per generation: collections, total CPU seconds, longest (logged at stop: the evidence)."""
         self._gc_started = 0.0
+        self.long_collections: list[tuple[float, int, float, int]] = []
+        """Collections over 20 ms of CPU: (wall time, generation, CPU seconds, objects collected)."""
         self.lag = [0, 0, 0, 0.0]
         """Event-loop lag probes (every 20 ms): taken, later than 10 ms, later than 50 ms, longest s."""
         self._lag_task: asyncio.Task[None] | None = None
+        self.stall_watch: StallWatch | None = (
+            StallWatch() if os.environ.get("IOTGW_STALL_WATCH", "1") != "0" else None
+        )
 
     @classmethod
     def from_environment(cls) -> RuntimePolicy:
@@ -100,6 +203,12 @@ class RuntimePolicy:
             self._gc_started = time.thread_time()
             return
         took = time.thread_time() - self._gc_started
+        if self.stall_watch is not None:
+            self.stall_watch.gc_ended = time.monotonic()
+        if took > 0.02:
+            self.long_collections.append(
+                (time.time(), info.get("generation", -1), took, info.get("collected", 0))
+            )
         entry = self.pauses.get(info.get("generation", 2))
         if entry is not None:
             entry[0] += 1
@@ -115,9 +224,12 @@ class RuntimePolicy:
     async def _watch_lag(self) -> None:
         loop = asyncio.get_running_loop()
         lag = self.lag
+        watch = self.stall_watch
         while True:
             due = loop.time() + 0.02
             await asyncio.sleep(0.02)
+            if watch is not None:
+                watch.tick()
             late = loop.time() - due
             lag[0] += 1
             if late > 0.01:
@@ -129,6 +241,8 @@ class RuntimePolicy:
     def start(self) -> None:
         gc.callbacks.append(self._on_gc)
         self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag(), name="loop-lag")
+        if self.stall_watch is not None:
+            self.stall_watch.start()
         if self.switch_interval_s is not None:
             self._saved_switch = sys.getswitchinterval()
             sys.setswitchinterval(self.switch_interval_s)
@@ -145,6 +259,10 @@ class RuntimePolicy:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
         log.info("garbage collector while serving: %s", self.summary())
+        if self.long_collections:
+            log.info("garbage collections over 20 ms: %s", ", ".join(
+                f"{time.strftime('%H:%M:%S', time.localtime(at))}.{int(at % 1 * 1000):03d} gen{g} {took * 1000:.0f} ms "
+                f"({n} freed)" for at, g, took, n in self.long_collections[-40:]))  # fmt: skip
         if self._lag_task is not None:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +271,13 @@ class RuntimePolicy:
             n, over10, over50, longest = self.lag
             log.info("event loop lag: %d probes, %d late > 10 ms, %d > 50 ms, longest %.1f ms", n, over10, over50,
                      longest * 1000)  # fmt: skip
+        if self.stall_watch is not None:
+            self.stall_watch.stop()
+            log.info(
+                "event loop stalls over %.0f ms: %s",
+                self.stall_watch.threshold_s * 1000,
+                self.stall_watch.report(),
+            )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -168,20 +293,35 @@ class RuntimePolicy:
 
     async def _run(self) -> None:
         last_full = time.monotonic()
+        peak_at_last_full = _peak_rss_kb()
         while True:
             await asyncio.sleep(self.freeze_every_s)
             now = time.monotonic()
+            peak = _peak_rss_kb()
+            reason = None
             if now - last_full >= self.full_every_s:
-                last_full = now
+                reason = f"scheduled every {self.full_every_s:g} s"
+            elif peak > peak_at_last_full * self.rss_growth + self.rss_slack_kb:
+                reason = f"peak RSS {peak_at_last_full / 1024:.0f} -> {peak / 1024:.0f} MiB"
+            if reason is not None:
                 gc.unfreeze()
                 freed = gc.collect()
                 self.last_full_s = time.monotonic() - now
                 self.full_collections += 1
-                log.info("full garbage collection: %d objects freed in %.0f ms", freed,
+                last_full = time.monotonic()
+                peak_at_last_full = _peak_rss_kb()
+                log.info("full garbage collection (%s): %d objects freed in %.0f ms", reason, freed,
                          self.last_full_s * 1000)  # fmt: skip
-            else:
-                gc.collect(1)
             gc.freeze()
+
+
+def _peak_rss_kb() -> int:
+    """The process's peak resident set in KiB (Linux reports ``ru_maxrss`` in KiB); 0 where unknown."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: only the schedule triggers full collections
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 __all__ = ["RuntimePolicy"]

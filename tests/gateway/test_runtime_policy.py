@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
+import time
+
+import pytest
 
 from gateway.device.runtime import RuntimePolicy
 
@@ -55,3 +59,56 @@ def test_off_changes_nothing_but_still_measures() -> None:
 
     asyncio.run(main())
     assert gc.get_threshold() == before_threshold and sys.getswitchinterval() == before_switch
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # blocks the event loop: what a stall is
+
+
+def test_a_stall_is_counted_named_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> RuntimePolicy:
+        policy = RuntimePolicy(freeze=False)
+        assert policy.stall_watch is not None
+        policy.start()
+        try:
+            await asyncio.sleep(0.05)  # the lag probe ticks at least once
+            _hold_the_loop(0.6)
+            deadline = asyncio.get_running_loop().time() + 30
+            while not any("stalled" in r.getMessage() for r in caplog.records):
+                assert asyncio.get_running_loop().time() < deadline, policy.stall_watch.report()
+                await asyncio.sleep(0.02)
+        finally:
+            await policy.stop()
+        return policy
+
+    with caplog.at_level(logging.INFO, logger="gateway.device.runtime"):
+        policy = asyncio.run(main())
+    watch = policy.stall_watch
+    assert watch is not None and watch.stalls >= 1
+    assert watch.longest >= 0.3
+    assert any("_hold_the_loop" in where for where in watch.samples), watch.samples
+    warning = next(r.getMessage() for r in caplog.records if "stalled" in r.getMessage())
+    assert "_hold_the_loop" in warning
+    assert any("event loop stalls over" in r.getMessage() for r in caplog.records)
+
+
+def test_a_growing_peak_rss_triggers_a_full_collection_the_schedule_would_not() -> None:
+    async def main() -> tuple[int, int]:
+        policy = RuntimePolicy(freeze_every_s=0.01, full_every_s=3600, rss_growth=1.0, rss_slack_kb=16 * 1024)
+        policy.start()
+        try:
+            await asyncio.sleep(0.2)  # many freezes, no reason for a full collection yet
+            before = policy.full_collections
+            ballast = bytearray(64 * 1024 * 1024)  # the peak RSS grows by 64 MiB
+            ballast[::4096] = b"x" * len(ballast[::4096])  # touched, so it is resident
+            deadline = asyncio.get_running_loop().time() + 30
+            while policy.full_collections == before:
+                assert asyncio.get_running_loop().time() < deadline, "no full collection after the RSS grew"
+                await asyncio.sleep(0.01)
+            del ballast
+            return before, policy.full_collections
+        finally:
+            await policy.stop()
+
+    before, after = asyncio.run(main())
+    assert before == 0 and after >= 1

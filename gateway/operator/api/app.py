@@ -8,10 +8,7 @@ OpenAPI document describes every response the API gives.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,9 +18,9 @@ from gateway import __version__
 from gateway.operator.api import live
 from gateway.operator.api.context import ApiContext
 from gateway.operator.api.limits import BodyLimits, LimitExceeded
+from gateway.operator.api.request_metrics import RequestMetrics
 from gateway.operator.api.routes import API, public, router
 from gateway.operator.api.schemas import ErrorOut
-from gateway.operator.metrics import method_label
 
 OPENAPI_PATH = f"{API}/openapi.json"
 DOCS_PATH = f"{API}/docs"
@@ -63,15 +60,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     # Added before the counting middleware, so it runs inside it: its refusals are counted too.
     app.add_middleware(BodyLimits, ctx=ctx)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        method = method_label(request.method)  # bounded: a client cannot add a series
-        ctx.metrics.http_requests.labels(method, route, str(response.status_code)).inc()
-        ctx.metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=ctx.metrics)
 
     return app
