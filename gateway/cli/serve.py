@@ -65,7 +65,7 @@ def serve(args: argparse.Namespace) -> int:
         print(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode())
         print("# environment overrides: " + ", ".join(sorted(env_names())))
         return 0
-    setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, background=True)
 
     async def run() -> None:
         gateway = Gateway(config)
