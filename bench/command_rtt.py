@@ -208,6 +208,10 @@ class CommandProbe:
         inside = (
             "" if server is None else f"; of which sent -> result {server:.1f} ms (mean, the gateway's own)"
         )
+        breakdown = self.server_breakdown()
+        if breakdown:
+            print(f"  commands, {key}: {breakdown}", flush=True)
+            inside += f"; {breakdown}"
         result.add(f"command RTT p50, {key}", None if p50 is None else p50 * 1000, "ms",
                    note=f"{hist.count} commands{rate}, HTTP POST with wait -> final state{inside}")  # fmt: skip
         result.add(f"command RTT p99, {key}", None if p99 is None else p99 * 1000, "ms", "< 10 ms",
@@ -216,11 +220,22 @@ class CommandProbe:
             set(client.states) <= {"succeeded"} and client.http_errors == 0 and hist.count > 0
         )
 
-    def server_mean_ms(self) -> float | None:
-        n = self.server_after.get("count", 0) - self._server_before.get("count", 0)
+    def server_mean_ms(self, key: str = "") -> float | None:
+        """The gateway's own mean in the window, ms: sent -> result, or ``key`` (``http``, or a phase)."""
+        count, total = (f"{key}_count", f"{key}_sum") if key else ("count", "sum")
+        n = self.server_after.get(count, 0) - self._server_before.get(count, 0)
         if not n:
             return None
-        return 1000 * (self.server_after.get("sum", 0) - self._server_before.get("sum", 0)) / n
+        return 1000 * (self.server_after.get(total, 0) - self._server_before.get(total, 0)) / n
+
+    def server_breakdown(self) -> str:
+        """Where the gateway's part of a command went (means): its HTTP handling, and inside it
+        accepted -> sent, sent -> result read, result -> stored."""
+        parts = [(label, self.server_mean_ms(key)) for label, key in (
+            ("HTTP in the gateway", "http"), ("accepted -> sent", "to_sent"),
+            ("sent -> result", "sent_to_result"), ("result -> stored", "result_to_stored"))]  # fmt: skip
+        shown = [f"{label} {value:.1f}" for label, value in parts if value is not None]
+        return ("gateway means, ms: " + ", ".join(shown)) if shown else ""
 
 
 def _api_port(log_text: str) -> int:
@@ -231,12 +246,24 @@ def _api_port(log_text: str) -> int:
 
 
 def _server_rtt(port: int) -> dict[str, float]:
-    """count and sum of the gateway's iotgw_command_round_trip_seconds (sent -> result)."""
+    """count and sum of the gateway's iotgw_command_round_trip_seconds (sent -> result), of each
+    iotgw_command_phase_seconds phase (``<phase>_count``...) and of the commands route's
+    iotgw_http_request_seconds (``http_count``, ``http_sum``)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
     found = dict(re.findall(r"^iotgw_command_round_trip_seconds_(count|sum) (\S+)$", text, re.M))
+    for kind, phase, value in re.findall(
+        r'^iotgw_command_phase_seconds_(count|sum)\{phase="(\w+)"\} (\S+)$', text, re.M
+    ):
+        found[f"{phase}_{kind}"] = value
+    for kind, value in re.findall(
+        r'^iotgw_http_request_seconds_(count|sum)\{route="/api/v1/devices/\{name\}/commands"\} (\S+)$',
+        text,
+        re.M,
+    ):
+        found[f"http_{kind}"] = value
     return {key: float(value) for key, value in found.items()}
 
 

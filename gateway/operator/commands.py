@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class _Open:
     record: CommandRecord
     session: CommandSession | None = None  # the session it was sent on
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    accepted_at: float = field(default_factory=time.monotonic)
+    sent_at: float | None = None
+    result_at: float | None = None
 
 
 class CommandService:
@@ -94,6 +98,11 @@ class CommandService:
         """Commands that reached each final state since start (for /metrics)."""
         self.round_trip_observers: list[Callable[[float], None]] = []
         """Called with the seconds from ``sent`` to the result of each answered command."""
+        self.phase_observers: list[Callable[[str, float], None]] = []
+        """Called with a phase and its seconds, for each command that passes it: ``to_sent``
+        (accepted -> its frame handed to the connection; includes any wait in the device's
+        queue), ``sent_to_result`` (-> its result read), ``result_to_stored`` (-> the final
+        state durable, when waiters are told). Where a command's time goes (/metrics)."""
         self.state_observers: list[Callable[[CommandRecord], None]] = []
         """Called with the record after each state change (the live feed); must not block."""
 
@@ -255,6 +264,8 @@ class CommandService:
                 result.id,
             )
             return
+        item.result_at = time.monotonic()
+        self._phase("sent_to_result", item.result_at - (item.sent_at or item.result_at))
         now = self._clock()
         sent = item.record.sent_ms
         elapsed = 0 if sent is None else now - sent
@@ -354,6 +365,8 @@ class CommandService:
         frame = Command(id=record.id, name=record.name, args=record.args, deadline=record.deadline_ms)
         try:
             await session.send_command(frame)
+            item.sent_at = time.monotonic()
+            self._phase("to_sent", item.sent_at - item.accepted_at)
         except Exception as exc:  # ConnectionClosed, mostly; the command failed, the service goes on
             if record.state == CommandState.SENT:
                 self._finish(
@@ -401,6 +414,10 @@ class CommandService:
         if record.state == CommandState.QUEUED:
             self._deadlines.add(record.id, record.state, record.expires_ms)
 
+    def _phase(self, phase: str, seconds: float) -> None:
+        for observe in self.phase_observers:
+            observe(phase, seconds)
+
     def _transition(self, record: CommandRecord, state: CommandState, now: int, detail: str = "") -> None:
         was = record.state
         self._writes.add(ledger.transition(record, state, now, detail))
@@ -441,6 +458,8 @@ class CommandService:
 
         def stored(_: asyncio.Future[None]) -> None:
             self._open.pop(record.id, None)
+            if item.result_at is not None:
+                self._phase("result_to_stored", time.monotonic() - item.result_at)
             item.done.set()
 
         future.add_done_callback(stored)

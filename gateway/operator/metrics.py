@@ -233,6 +233,13 @@ class GatewayMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.command_phases = Histogram(
+            "iotgw_command_phase_seconds",
+            "Where a command's time goes: to_sent, sent_to_result, result_to_stored",
+            ["phase"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
         self._state = state
         self._collector = _LiveCollector(state, rate)
         self.registry.register(self._collector)

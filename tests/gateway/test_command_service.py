@@ -82,6 +82,7 @@ class Rig:
     reader: sqlite3.Connection
     seen: list[tuple[str, str]] = field(default_factory=list)  # (id, state) from state_observers
     round_trips: list[float] = field(default_factory=list)
+    phases: list[tuple[str, float]] = field(default_factory=list)  # from phase_observers
 
     def session(self) -> FakeSession:
         return FakeSession(self.device)
@@ -119,6 +120,7 @@ async def rig(path: Path, clock: Clock | None = None) -> AsyncIterator[Rig]:
     r = Rig(path, service, clock, device, reader)
     service.state_observers.append(lambda rec: r.seen.append((rec.id, rec.state)))
     service.round_trip_observers.append(r.round_trips.append)
+    service.phase_observers.append(lambda phase, seconds: r.phases.append((phase, seconds)))
     try:
         await service.start()
         yield r
@@ -164,6 +166,9 @@ async def test_connected_device_queued_sent_succeeded(r: Rig) -> None:
     assert r.service.get(record.id) is None  # final and stored: no longer held
     await r.settled(record)
     assert r.round_trips == [0.25]
+    # where its time went, in order, each phase once (monotonic seconds, not the test's clock)
+    assert [phase for phase, _ in r.phases] == ["to_sent", "sent_to_result", "result_to_stored"]
+    assert all(0 <= seconds < 60 for _, seconds in r.phases)
     assert [s for i, s in r.seen if i == record.id] == ["queued", "sent", "succeeded"]
     assert r.service.finished["succeeded"] == 1
 

@@ -205,6 +205,9 @@ class OperatorApi:
         )
         metrics = GatewayMetrics(live, rate)
         commands.round_trip_observers.append(metrics.command_round_trip.observe)
+        commands.phase_observers.append(
+            lambda phase, seconds: metrics.command_phases.labels(phase).observe(seconds)
+        )
         ctx = ApiContext(
             settings=self.settings,
             commands=commands,
