@@ -131,7 +131,13 @@ RUNTIME_NOTES: dict[str, list[str]] = {}
 """What each gateway logged at shutdown about its run (garbage collections, event-loop lag,
 group commit times: gateway/device/runtime.py, gateway/store/writer.py), by store directory;
 the runner puts them in each scenario's JSON."""
-_RUNTIME_MARKS = ("garbage collector while serving", "garbage collections over", "event loop lag", "event loop stalls", "group commits: ")
+_RUNTIME_MARKS = (
+    "garbage collector while serving",
+    "garbage collections over",
+    "event loop lag",
+    "event loop stalls",
+    "group commits: ",
+)
 
 
 class GatewayTarget(Target):
