@@ -59,7 +59,7 @@ async def operator_for_token(ctx: ApiContext, token: str) -> Operator | None:
     """The operator owning ``token`` (its use recorded), or None; the HTTP routes and the live feed use it."""
     if len(token) > 256:
         return None
-    found = await ctx.reads.run(lambda conn: operators.find_by_token(conn, token))
+    found = ctx.lookups.run(lambda conn: operators.find_by_token(conn, token))
     if found is None:
         return None
     now = now_ms()

@@ -15,6 +15,7 @@ from gateway.device.server import DeviceServer
 from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
 from gateway.operator.metrics import GatewayMetrics, IngestRate
+from gateway.store.lookups import Lookups
 from gateway.store.readings import ReadPool
 from gateway.store.writer import GroupCommitter
 
@@ -28,6 +29,8 @@ class ApiContext:
     devices: DeviceServer
     committer: GroupCommitter
     reads: ReadPool
+    lookups: Lookups
+    """Point lookups (operator by token, device by name) on the loop's thread, no hand-off."""
     store_path: Path
     rate: IngestRate
     metrics: GatewayMetrics

@@ -75,7 +75,7 @@ router = APIRouter(prefix=API)
 
 
 async def _device(ctx: ApiContext, name: str) -> DeviceRecord:
-    record = await ctx.reads.run(lambda conn: registry.find_by_name(conn, name))
+    record = ctx.lookups.run(lambda conn: registry.find_by_name(conn, name))
     if record is None:
         raise HTTPException(404, f"no device named {name!r}")
     return record

@@ -33,6 +33,7 @@ from gateway.operator.api.context import ApiContext
 from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
 from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState, read_fleet
+from gateway.store.lookups import Lookups
 from gateway.store.readings import ReadPool
 from gateway.store.writer import GroupCommitter
 
@@ -177,6 +178,7 @@ class OperatorApi:
         """Device name -> the fleet gateway holding it (docs/scale-out.md); None: no fleet."""
         self.server: ApiServer | None = None
         self._reads: ReadPool | None = None
+        self._lookups: Lookups | None = None
         self._sampler: asyncio.Task[None] | None = None
 
     @property
@@ -190,6 +192,7 @@ class OperatorApi:
         commands, devices, committer, store_path = self._parts
         rate = IngestRate(lambda: committer.committed_samples)
         self._reads = reads = ReadPool(store_path, self.settings.read_connections)
+        self._lookups = Lookups(store_path)
         live = LiveState(
             connections=lambda: len(devices.sessions),
             refused_handshakes=lambda: devices.refused_handshakes,
@@ -214,6 +217,7 @@ class OperatorApi:
             devices=devices,
             committer=committer,
             reads=self._reads,
+            lookups=self._lookups,
             store_path=store_path,
             rate=rate,
             metrics=metrics,
@@ -244,6 +248,9 @@ class OperatorApi:
         if self._reads is not None:
             self._reads.close()
             self._reads = None
+        if self._lookups is not None:
+            self._lookups.close()
+            self._lookups = None
 
 
 async def _sample_every_second(rate: IngestRate) -> None:
