@@ -439,7 +439,7 @@ class CommandService:
                 queue.remove(record.id)
                 if not queue:
                     del self._queues[record.device_id]
-        future = self._writes.add(ledger.finish(record, state, now, value=value, error=error))
+        change = ledger.finish(record, state, now, value=value, error=error)  # sets the record's state
         self._by_state[was] -= 1
         self._per_device[record.device_id] -= 1
         if not self._per_device[record.device_id]:
@@ -456,13 +456,13 @@ class CommandService:
             f" ({printable(record.error)})" if record.error else "",
         )
 
-        def stored(_: asyncio.Future[None]) -> None:
+        def stored() -> None:
             self._open.pop(record.id, None)
             if item.result_at is not None:
                 self._phase("result_to_stored", time.monotonic() - item.result_at)
             item.done.set()
 
-        future.add_done_callback(stored)
+        self._writes.add(change, on_stored=stored)
 
 
 __all__ = ["MAX_ARGS_BYTES", "CommandError", "CommandService", "CommandSession", "UnknownCommand"]
