@@ -28,9 +28,10 @@ young collections freed: nothing from devices; the only source was Starlette's
 - frozen objects that become garbage in a cycle are reclaimed by one full collection (unfreeze,
   collect, freeze again), logged with its reason, duration and what it freed: every
   ``full_every_s`` (an hour), or sooner when the process's peak RSS grew by more than
-  ``rss_growth`` times plus ``rss_slack_kb`` since the last one. The memory bound is what makes
+  ``rss_growth`` times plus ``rss_slack_kb`` since the last one (a factor that doubles, up to 4,
+  while full collections find next to no garbage). The memory bound is what makes
   freezing without collecting safe whatever makes garbage; a fleet connecting (10,000 devices:
-  56 -> 277 MiB) triggers a couple of them during its ramp, steady serving none.
+  56 -> 277 MiB) triggers one during its ramp, steady serving none.
 
 Reference counting frees frozen objects as usual; only cycles wait for a full collection.
 Process-wide, so applied by the process that serves (``Gateway.run_until_signalled``), not by
@@ -153,6 +154,8 @@ class RuntimePolicy:
         self._saved_switch: float | None = None
         self.freeze_every_s = freeze_every_s
         self.rss_growth = rss_growth
+        self.little_garbage = 10_000
+        """A full collection that frees fewer objects doubles the RSS growth that triggers the next."""
         self.rss_slack_kb = rss_slack_kb
         self.full_every_s = full_every_s
         self.threshold0 = threshold0
@@ -294,6 +297,7 @@ class RuntimePolicy:
     async def _run(self) -> None:
         last_full = time.monotonic()
         peak_at_last_full = _peak_rss_kb()
+        growth = self.rss_growth
         while True:
             await asyncio.sleep(self.freeze_every_s)
             now = time.monotonic()
@@ -301,7 +305,7 @@ class RuntimePolicy:
             reason = None
             if now - last_full >= self.full_every_s:
                 reason = f"scheduled every {self.full_every_s:g} s"
-            elif peak > peak_at_last_full * self.rss_growth + self.rss_slack_kb:
+            elif peak > peak_at_last_full * growth + self.rss_slack_kb:
                 reason = f"peak RSS {peak_at_last_full / 1024:.0f} -> {peak / 1024:.0f} MiB"
             if reason is not None:
                 gc.unfreeze()
@@ -310,6 +314,9 @@ class RuntimePolicy:
                 self.full_collections += 1
                 last_full = time.monotonic()
                 peak_at_last_full = _peak_rss_kb()
+                # the RSS grew with live objects (connections), not garbage: wait for more growth
+                # before the next one (a fleet connecting costs one full collection, not several)
+                growth = min(growth * 2, 4.0) if freed < self.little_garbage else self.rss_growth
                 log.info("full garbage collection (%s): %d objects freed in %.0f ms", reason, freed,
                          self.last_full_s * 1000)  # fmt: skip
             gc.freeze()
