@@ -243,10 +243,12 @@ def finish(
 
 _INSERT_COMMAND = (
     "INSERT INTO commands (id, device_id, name, args, state, sender, created_ms, deadline_ms, "
-    "expires_ms, updated_ms, timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "expires_ms, updated_ms, timeout_ms, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_COMMAND = "UPDATE commands SET state = ?, updated_ms = ?, deadline_ms = ?, result = coalesce(?, result) WHERE id = ?"
-_INSERT_STATE = "INSERT INTO command_states (command_id, state, ts_ms, detail) VALUES (?, ?, ?, ?)"
+_INSERT_STATES = "INSERT INTO command_states (command_id, state, ts_ms, detail)"
+_STATES_PER_STATEMENT = 200
+"""History rows per statement: 800 parameters, under the 999 of the oldest SQLite builds."""
 _SELECT = (
     "SELECT c.id, c.device_id, coalesce(d.name, ''), c.name, c.args, c.state, c.sender, c.created_ms, "
     "c.expires_ms, c.timeout_ms, c.deadline_ms, c.updated_ms, c.result "
@@ -258,34 +260,42 @@ def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
     """Store ``changes`` in order, in one transaction: all of them or, on an error, none.
 
     Call on the store's writer (``GroupCommitter.call``), outside a transaction.
+
+    Few statements, because each one hands the interpreter lock back and forth with a busy event
+    loop (docs/performance.md, "Commands under load"): a command inserted and updated in the same
+    batch (queued, then sent at once) is inserted as it ends up, and every history row goes in one
+    multi-row statement, in order. What is stored is what the changes one by one would store.
     """
-    with transaction(conn):
-        for change in changes:
-            if type(change) is Insert:
-                conn.execute(
-                    _INSERT_COMMAND,
-                    (
-                        change.id,
-                        change.device_id,
-                        change.name,
-                        change.args,
-                        change.state,
-                        change.sender,
-                        change.created_ms,
-                        change.deadline_ms,
-                        change.expires_ms,
-                        change.updated_ms,
-                        change.timeout_ms,
-                    ),
-                )
-                conn.execute(_INSERT_STATE, (change.id, change.state, change.created_ms, change.detail))
+    inserts: list[list[Any]] = []
+    inserted: dict[str, list[Any]] = {}  # command id -> its row, as the batch leaves it
+    updates: list[tuple[Any, ...]] = []
+    history: list[Any] = []
+    for change in changes:
+        if type(change) is Insert:
+            row = [change.id, change.device_id, change.name, change.args, change.state, change.sender,
+                                  change.created_ms, change.deadline_ms, change.expires_ms, change.updated_ms,
+                                  change.timeout_ms, None]  # fmt: skip
+            inserts.append(row)  # a duplicate id stays a second row: the insert fails, as it should
+            inserted[change.id] = row
+            history += (change.id, change.state, change.created_ms, change.detail)
+        else:
+            assert type(change) is Update
+            found = inserted.get(change.id)
+            if found is not None:  # inserted in this batch: insert it as updated
+                found[4], found[9], found[7] = change.state, change.ts_ms, change.deadline_ms
+                if change.result is not None:
+                    found[11] = change.result
             else:
-                assert type(change) is Update
-                conn.execute(
-                    _UPDATE_COMMAND,
-                    (change.state, change.ts_ms, change.deadline_ms, change.result, change.id),
-                )
-                conn.execute(_INSERT_STATE, (change.id, change.state, change.ts_ms, change.detail))
+                updates.append((change.state, change.ts_ms, change.deadline_ms, change.result, change.id))
+            history += (change.id, change.state, change.ts_ms, change.detail)
+    with transaction(conn):
+        if inserts:
+            conn.executemany(_INSERT_COMMAND, inserts)
+        if updates:
+            conn.executemany(_UPDATE_COMMAND, updates)
+        for start in range(0, len(history), _STATES_PER_STATEMENT * 4):
+            chunk = history[start : start + _STATES_PER_STATEMENT * 4]
+            conn.execute(f"{_INSERT_STATES} VALUES {','.join(['(?, ?, ?, ?)'] * (len(chunk) // 4))}", chunk)
 
 
 def load_open(conn: sqlite3.Connection) -> list[CommandRecord]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+from gateway import store
 from gateway.store import ledger, registry
 from gateway.store.ledger import FINAL_STATES, TRANSITIONS, CommandRecord, CommandState, InvalidTransition
 from iotgw_common.protocol.messages import MAX_STRING_LENGTH
@@ -188,6 +190,45 @@ def test_write_changes_is_all_or_nothing(conn: sqlite3.Connection) -> None:
     assert not conn.in_transaction
     assert conn.execute("SELECT count(*) FROM commands").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM command_states").fetchone() == (0,)
+
+
+def _ledger_rows(conn: sqlite3.Connection) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    commands = conn.execute("SELECT * FROM commands ORDER BY id").fetchall()
+    states = conn.execute(
+        "SELECT command_id, state, ts_ms, detail FROM command_states ORDER BY rowid"
+    ).fetchall()
+    return commands, states
+
+
+def test_one_batch_stores_what_the_changes_one_by_one_store(tmp_path: Path) -> None:
+    """write_changes folds an insert and later updates of the same command into one row and
+    writes all history rows in one statement (fewer statements for the writer): the stored rows
+    must be exactly those of writing each change in its own batch."""
+    batched = store.connect(tmp_path / "a.sqlite3", synchronous="NORMAL")
+    one_by_one = store.connect(tmp_path / "b.sqlite3", synchronous="NORMAL")
+    changes: list[ledger.Change] = []
+    for n, finish in enumerate((OK, F, None, OK)):
+        device = device_id(batched, f"d{n}")
+        assert device_id(one_by_one, f"d{n}") == device
+        record, insert = queued(device, now=T0 + n)
+        changes += [insert, ledger.transition(record, S, T0 + 10 + n, "to 192.0.2.1:1")]
+        if finish is not None:
+            changes.append(
+                ledger.finish(
+                    record, finish, T0 + 20 + n, value={"n": n}, error=None if finish == OK else "no"
+                )
+            )
+    # an earlier batch's command, finished in this one: an update, not an insert
+    record, insert = queued(1, now=T0 - 5)
+    ledger.write_changes(batched, [insert])
+    ledger.write_changes(one_by_one, [insert])
+    changes.append(ledger.finish(record, X, T0 + 30, error="not delivered within its ttl"))
+    ledger.write_changes(batched, changes)
+    for change in changes:
+        ledger.write_changes(one_by_one, [change])
+    assert _ledger_rows(batched) == _ledger_rows(one_by_one)
+    commands, states = _ledger_rows(batched)
+    assert len(commands) == 5 and len(states) == 1 + 4 * 2 + 3 + 1
 
 
 def test_purge_deletes_the_device_commands_and_their_history_only(conn: sqlite3.Connection) -> None:
