@@ -63,9 +63,10 @@ A data frame that would take the device past a name quota is refused with
 toward nor reset ``max_refused_in_row`` (the frame is valid, and the device's
 frames with known names keep being stored).
 
-A valid ``readings`` frame with known names costs one decode, the rate charge,
-the clock-skew check, one set test per sample, ``accept`` and no allocation of
-the machine's own; the caller adds one ``submit``.
+A valid ``readings`` frame with names the device sent before costs one decode,
+the rate charge, the clock-skew check, one set test per sample (the device's
+names are both the name quota and the cache of names known valid), ``accept``
+and no allocation of the machine's own; the caller adds one ``submit``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ from iotgw_common.protocol import (
     decode_device_message,
     encode,
 )
+from iotgw_common.protocol.codec import check_names_of, check_sample_names
 from iotgw_common.protocol.messages import (
     MAX_FRAME_BYTES,
     MAX_NESTING_DEPTH,
@@ -267,22 +269,37 @@ class SessionMachine:
         if self.state is not _OPEN:
             return self._receive_before_open(frame)
         self.frames += 1
-        message: DeviceMessage | None = None
+        message: DeviceMessage | None = None  # stays None while the frame is refused as undecodable
         try:
-            message = decode_device_message(frame)
-            if type(message) is Readings:
-                samples = message.samples
-                self._rate.charge(len(samples), message.seq)
-                check_clock(samples, self._clock(), self._max_skew, message.seq)
-                new = self._names.new_metrics(samples, message.seq)
+            # Metric names: the device's own (every one checked when it first came) cost one
+            # superset test per sample; a frame with any other name is checked name by name,
+            # before anything else, as the codec would (a hostile name after valid ones too).
+            decoded = decode_device_message(frame, check_names=False)
+            if type(decoded) is Readings:
+                samples = decoded.samples
+                known = self._names.metrics.issuperset
+                unknown = False
+                for sample in samples:
+                    if not known(sample.values):
+                        check_sample_names(samples, decoded.seq)
+                        unknown = True
+                        break
+                message = decoded
+                self._rate.charge(len(samples), decoded.seq)
+                check_clock(samples, self._clock(), self._max_skew, decoded.seq)
+                new = self._names.new_metrics(samples, decoded.seq) if unknown else None
                 event = None
-            elif type(message) is Event:
-                self._rate.charge(1, message.seq)
-                check_clock((message,), self._clock(), self._max_skew, message.seq)
-                new, event = self._names.new_event(message.name, message.data, message.seq)
+            elif type(decoded) is Event:
+                if not self._names.metrics.issuperset(decoded.data):
+                    check_names_of(decoded.data, decoded.seq)
+                message = decoded
+                self._rate.charge(1, decoded.seq)
+                check_clock((decoded,), self._clock(), self._max_skew, decoded.seq)
+                new, event = self._names.new_event(decoded.name, decoded.data, decoded.seq)
             else:
+                message = decoded
                 self._rate.charge(1)
-                return self._receive_other(message)
+                return self._receive_other(decoded)
             stream = self._stream
             if not stream.accept(message.seq):
                 raise ProtocolError(

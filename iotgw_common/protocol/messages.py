@@ -48,7 +48,7 @@ Value = bool | FiniteFloat | ShortString
 """A reading's value. JSON numbers always decode to float, so 1 and 1.0 are the same value."""
 SampleKey = Annotated[str, msgspec.Meta(max_length=64)]
 """A metric name inside a sample or event: the pattern is checked by the codec with a cache of
-names already seen (``codec.check_names``), since a regex per key in msgspec costs more than
+names already seen (``codec.check_sample_names``), since a regex per key in msgspec costs more than
 the rest of a sample's decoding."""
 Values = Annotated[dict[SampleKey, Value], msgspec.Meta(min_length=1, max_length=MAX_VALUES)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
@@ -96,21 +96,30 @@ class Hello(_Message, tag="hello"):
     info: Annotated[dict[MetricName, InfoValue], msgspec.Meta(max_length=MAX_VALUES)] = {}
 
 
-class Sample(msgspec.Struct):
+# gc=False on the data messages (Sample, Readings, Event): their instances are not tracked by
+# the cycle collector. A decoded message is a tree (ints, floats, strings, lists and dicts of
+# them) and nothing gives it a reference back to itself, so it can never be part of a cycle;
+# untracked, the tens of thousands of samples waiting for a group commit are neither counted
+# toward nor walked by every collection (on the gateway's loop: 10-sample frames held as a
+# pending batch, 10.0 -> 8.4 us per frame, GC 1.6 -> 0.6 us; issue #15). Do not
+# store a reference to a message inside its own values.
+
+
+class Sample(msgspec.Struct, gc=False):
     """One moment's values: ``ts`` in milliseconds since the Unix epoch (UTC)."""
 
     ts: Timestamp
     values: Values
 
 
-class Readings(_Message, tag="readings"):
+class Readings(_Message, tag="readings", gc=False):
     """A batch of samples under one sequence number."""
 
     seq: Seq
     samples: Annotated[list[Sample], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES)]
 
 
-class Event(_Message, tag="event"):
+class Event(_Message, tag="event", gc=False):
     """A discrete happening (button pressed, door opened), sequenced like readings."""
 
     seq: Seq

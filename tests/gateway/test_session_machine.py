@@ -296,6 +296,61 @@ def test_second_hello_is_unexpected_and_changes_nothing() -> None:
     assert m.stream is stream
 
 
+# -- metric names (section 8): the device's names are the cache of names known valid -------
+
+
+def frame_of(seq: int, *samples: dict[str, Any], ts: int = NOW - 1000) -> bytes:
+    return json.dumps(
+        {
+            "type": "readings",
+            "seq": seq,
+            "samples": [{"ts": ts + i, "values": v} for i, v in enumerate(samples)],
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["1abc", "a b", "é", "a\u2028b", 'a"b', "", "a" * 65, "x/y", "a\nb", "x'--"],
+)
+def test_a_bad_name_after_known_ones_is_refused_and_the_valid_frames_around_it_are_kept(hostile: str) -> None:
+    m, stream = opened()
+    first = m.receive_frame(frame_of(1, {"temp": 1.0, "hum": 2.0}))
+    assert isinstance(first, NewNames) and first.metrics == {"temp", "hum"}
+    assert isinstance(m.receive_frame(frame_of(2, {"temp": 1.0}, {"hum": 2.0})), Readings)  # all known
+    # known names first, in the same sample and in an earlier one: the bad one is still refused
+    bad = frame_of(3, {"temp": 1.0, "hum": 2.0}, {"temp": 1.5, hostile: 3.0, "hum": 2.5})
+    assert error_of(m.receive_frame(bad)) == ("bad_metric_name", 3)
+    assert hostile not in m.quotas.names.metrics  # type: ignore[union-attr]
+    assert stream.high == 2  # not accepted: the seq may be used again
+    assert isinstance(m.receive_frame(frame_of(3, {"temp": 1.0})), Readings)
+    assert error_of(m.receive_frame(frame_of(4, {hostile: 1.0}))) == ("bad_metric_name", 4)  # alone too
+    event = {"type": "event", "seq": 4, "ts": NOW - 1000, "name": "door", "data": {"temp": 1, hostile: 2}}
+    assert error_of(m.receive_frame(json.dumps(event).encode())) == ("bad_metric_name", 4)
+    assert isinstance(data_of(m.receive_frame(frame_of(4, {"temp": 1.0, "new.name": 2.0}))), Readings)
+    assert m.quotas.names.metrics == {"temp", "hum", "new.name"}  # type: ignore[union-attr]
+
+
+def test_a_bad_name_is_refused_before_the_clock_and_costs_one_sample_like_an_undecodable_frame() -> None:
+    m, _ = opened()
+    m.receive_frame(frame_of(1, {"temp": 1.0}))
+    tokens = m.quotas.rate.tokens
+    both = frame_of(2, {"temp": 1.0}, {"temp": 2.0}, {"9lives": 1.0}, ts=NOW + 10**9)  # skewed too
+    assert error_of(m.receive_frame(both)) == ("bad_metric_name", 2)
+    assert m.quotas.rate.tokens == tokens - 1
+    assert error_of(m.receive_frame(frame_of(2, {"temp": 1.0}, ts=NOW + 10**9))) == ("clock_skew", 2)
+    assert m.quotas.rate.tokens == tokens - 2
+
+
+def test_names_valid_for_another_device_still_count_against_this_ones_quota() -> None:
+    other, _ = opened()
+    assert isinstance(other.receive_frame(frame_of(1, {"a": 1.0, "b": 1.0, "c": 1.0})), NewNames)
+    m, _ = opened(machine(max_metric_names=2))
+    assert error_of(m.receive_frame(frame_of(1, {"a": 1.0, "b": 1.0, "c": 1.0})))[0] == "too_many_metrics"
+    out = m.receive_frame(frame_of(1, {"a": 1.0}, {"b": 1.0}))
+    assert isinstance(out, NewNames) and out.metrics == {"a", "b"}
+
+
 # -- refusals in a row (section 10: 1008) -------------------------------------------------
 
 
