@@ -1,14 +1,14 @@
-# iotgw firmware: the app's start and end, run once (docs/firmware.md, "Memory").
+# iotgw firmware: the app's start, run once (docs/firmware.md, "Memory").
 #
-# app.py imports this module to read the config, to set the app up, to start its tasks
-# and (tests) to drain it, and unloads it after each: none of it holds heap meanwhile.
+# app.py imports this module to read the config, to set the app up and to start its tasks,
+# and unloads it after each: none of it holds heap meanwhile.
 import asyncio
 import gc
 import json
 
 import compat
 import drivers
-from compat import BOARD, collect, log, ticks_add, ticks_diff, ticks_ms
+from compat import BOARD, collect, log, ticks_ms
 from link import Link
 
 
@@ -18,7 +18,7 @@ def config_path():
     if not path:
         args = compat.argv()
         path = args[1] if len(args) > 1 else "config.json"
-    return path
+    return path if path[:1] == "/" else compat.CWD + path
 
 
 def load_config(path=None):
@@ -43,7 +43,7 @@ def init(app, cfg):
     # once while the heap is still in one piece (the drivers import more code).
     collect()
     app.link = Link(cfg, (), {}, app.info)
-    app.sensors, app.inputs, app.outputs = drivers.build(cfg)
+    app.sensors, app.inputs, app.outputs = build(cfg)
     app.wifi = None
     if BOARD and cfg.get("wifi"):
         import wifi
@@ -53,7 +53,10 @@ def init(app, cfg):
     for s in app.sensors:
         metrics.extend(s.metrics)
     app.link.sensors = metrics
-    app.link.commands = commands(app)
+    # the commands declared in hello (descriptions: hello.py), run by app.command (appcmd.py)
+    app.link.commands = ["ping", "read_now", "set_interval", "ota"]
+    if app.outputs:
+        app.link.commands += ["set", "toggle", "blink"]  # appcmd.py: actuate.py
     app.link.net = app.wifi
     app.link.outputs = app.outputs  # their names describe set/toggle/blink in hello
     # hello's info.outputs, "name:kind,..." in config order, as the agent sends it: the page's
@@ -61,18 +64,70 @@ def init(app, cfg):
     app.outputs_info = ",".join(
         n + ":" + app.outputs[n].kind for n in [oc.get("name") for oc in cfg.get("outputs", [])]
         if n in app.outputs)
-    app.link.on_welcome = app._cmd("welcome")
+    app.link.on_command = app.command
+    # What the app reads after the start (the tasks, appcmd.py, the drain): the rest of the
+    # config (sensors, outputs, the link's settings: ~2 KB on the 64-bit port) is freed.
+    app.cfg = {}
+    for k in ("input_poll_ms", "wdt_ms", "exit_when_drained", "drain_timeout_s", "follow_gateway_interval",
+              "min_interval_s", "ota_confirm_s"):
+        if k in cfg:
+            app.cfg[k] = cfg[k]
 
 
-def commands(app):
-    """{name: handler} of the commands declared in hello (descriptions: hello.py)."""
-    names = ["ping", "read_now", "set_interval", "ota"]
-    if app.outputs:
-        names += ["set", "toggle", "blink"]  # appcmd.py: actuate.py
-    cmds = {}
-    for name in names:
-        cmds[name] = app._cmd(name)
-    return cmds
+# -- the drivers, from the config's sensors, inputs and outputs (drivers/__init__.py) --------------
+
+
+def backend(cfg):
+    """The drivers' module: drivers/sim.py (config "simulate", or a port without machine.Pin),
+    else drivers/hw.py."""
+    sim = cfg.get("simulate")
+    if sim is None:
+        sim = not BOARD
+    if sim:
+        from drivers import sim as mod
+    else:
+        from drivers import hw as mod
+    return mod
+
+
+def build(cfg):
+    """-> (sensors, inputs, outputs{name: output}) for cfg's sensors/inputs/outputs lists."""
+    mod = backend(cfg)
+    sensors = []
+    for sc in cfg.get("sensors", []):
+        cls = mod.SENSORS.get(sc.get("type"))
+        if cls is None:
+            log(0, "DRIVER unknown sensor type %r, skipped" % sc.get("type"))
+            continue
+        try:
+            sensors.append(cls(sc))
+        except Exception as exc:  # one broken sensor must not stop the others
+            log(0, "DRIVER sensor %r failed to start: %r" % (sc.get("type"), exc))
+    inputs = []
+    for ic in cfg.get("inputs", []):
+        try:
+            inputs.append(drivers.Debounce(mod.Input(ic), ic.get("debounce_ms", 50), ic.get("event")))
+        except Exception as exc:
+            log(0, "DRIVER input %r failed to start: %r" % (ic.get("name"), exc))
+    outputs = {}
+    for oc in cfg.get("outputs", []):
+        t = oc.get("type", "digital")
+        cls = mod.OUTPUTS.get(t)
+        if cls is None:
+            log(0, "DRIVER unknown output type %r, skipped (led, output, pwm_led)" % t)
+            continue
+        try:
+            o = cls(oc)
+            o.kind = KINDS.get(t, t)  # what hello's info.outputs and each result call it
+            o.gpio = oc.get("pin")
+            o.blinker = None  # the task of a running blink (command.py)
+            outputs[oc["name"]] = o
+        except Exception as exc:
+            log(0, "DRIVER output %r failed to start: %r" % (oc.get("name"), exc))
+    return sensors, inputs, outputs
+
+
+KINDS = {"digital": "output", "pwm": "pwm_led"}
 
 
 def start(app):
@@ -88,7 +143,7 @@ def start(app):
         pass
     link_task = asyncio.create_task(app.link.run())
     if compat.OTA_TRIAL:
-        asyncio.create_task(app._cmd("ota_trial")(None))
+        asyncio.create_task(app.command("ota_trial"))
     if app.inputs:
         asyncio.create_task(app.poll_inputs())
     if BOARD and app.cfg.get("wdt_ms", 8000):
@@ -98,14 +153,3 @@ def start(app):
             asyncio.create_task(app.watchdog())
     return link_task
 
-
-async def drain(app, link_task):
-    """Tests (exit_when_drained): wait until the gateway has acknowledged everything, leave."""
-    end = ticks_add(ticks_ms(), int(app.cfg.get("drain_timeout_s", 60) * 1000))
-    while not app.link.idle() and ticks_diff(end, ticks_ms()) > 0:
-        await asyncio.sleep_ms(50)
-    log(0, "DRAINED %d buffered=%d dropped=%d acked=%d" % (
-        app.taken, app.link.buffered, app.link.dropped, app.link.acked))
-    await app.link.stop()
-    await asyncio.sleep_ms(50)
-    link_task.cancel()

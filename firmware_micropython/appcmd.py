@@ -1,6 +1,6 @@
 # iotgw firmware: the app's rarely run code, loaded when it runs (docs/firmware.md, "Memory").
 #
-# App._cmd(name) imports this module for one call of run() and unloads it afterwards
+# App.command(name) imports this module for one call of run() and unloads it afterwards
 # (ws.unload): the built-in commands, the welcome's settings and an update's trial hold
 # no heap between uses. run() returns the command's coroutine (the app awaits it).
 import asyncio

@@ -21,15 +21,14 @@ async def run(link, msg):
             return r[1]
     name = msg.get("name")
     deadline = msg.get("deadline") or 0
-    cmd = link.commands.get(name)
     log(1, "COMMAND", cid, name, msg.get("args"))
-    if cmd is None:
+    if name not in link.commands:
         text = result(cid, False, error="unknown command: %s" % name)
     elif deadline and link.clock.synced and link.clock.now() > deadline:
         text = result(cid, False, error="deadline passed before the command ran")
     else:
         try:
-            value = await cmd(msg.get("args") or {})
+            value = await link.on_command(name, msg.get("args") or {})
             text = result(cid, True, value)
         except BadArguments as exc:
             text = result(cid, False, error="bad arguments: %s" % exc)

@@ -26,7 +26,8 @@ except ImportError:
     BOARD = False
 
 PLATFORM = sys.platform
-ROOT = ""  # where the firmware files are ("" on a board: the filesystem's root)
+ROOT = ""  # where the firmware files are ("" on a board: the filesystem's root; main.py runs there)
+CWD = ""  # the unix port: the directory main.py was started from (main.py)
 OTA_TRIAL = None  # the version on trial after an update (otaboot.py), else None
 OTA_LAST = None  # what the last update did, for hello
 

@@ -1,8 +1,8 @@
-# iotgw firmware: the `hello` message (docs/protocol.md 4.1), loaded once per session.
+# iotgw firmware: the `hello` message (docs/protocol.md 4.1), rendered once at start.
 #
-# Link.hello_text() imports this module, builds the text and unloads it again
-# (ws.unload): the command descriptions and this builder hold no heap between
-# sessions.
+# hellobuf.py imports this module once at start, renders the hello's unchanging parts
+# into the link's frame buffer and unloads it again (ws.unload): the command descriptions
+# and this builder hold no heap afterwards (and only if they did not fit, per session).
 import json
 
 from proto import PROTOCOL, _info_json, _str, name_ok
@@ -25,8 +25,8 @@ DESCRIPTIONS = {
 
 
 def describe(names, outputs=()):
-    """(name, description, {arg: description}) for each command name."""
-    out = []
+    """(name, description, {arg: description}) for each command name, one at a time (a
+    generator: hello renders each before the next is made)."""
     joined = ", ".join(sorted(outputs))
     # in the agent's order (a MicroPython dict has none): the page offers the first one
     order = ("ping", "read_now", "set_interval", "set", "toggle", "blink")
@@ -35,54 +35,84 @@ def describe(names, outputs=()):
         args = {}
         for a in d[1]:
             args[a] = d[1][a] % joined if "%s" in d[1][a] else d[1][a]
-        out.append((name, d[0], args))
-    return out
+        yield name, d[0], args
 
 
 def hello(stream, agent, last_acked=0, sensors=(), commands=(), buffered=0, dropped=0,
-          info=None, device=None, protocol=PROTOCOL, join="".join):
+          info=None, device=None, protocol=PROTOCOL, into=None):
     """Text of `hello`. sensors: (metric, unit, kind) tuples or dicts;
-    commands: (name, description, {arg: description}) tuples or dicts."""
-    parts = [
-        '{"type":"hello","stream":', json.dumps(stream),
-        ',"agent":', _str(agent),
-        ',"protocol":%d' % protocol,
-    ]
+    commands: (name, description, {arg: description}) tuples or dicts.
+
+    With `into` (a bytearray: the link's frame buffer, free between sessions) the text is
+    written there piece by piece, no list of its parts and no copy: -> a memoryview of it,
+    or None if it does not fit (commands, a generator, is then used up)."""
+    if into is None:
+        parts = []
+        _render(parts.append, stream, agent, last_acked, sensors, commands, buffered, dropped, info, device,
+                protocol)
+        return "".join(parts)
+    pos = [0]
+
+    def put(text):
+        m = memoryview(text)  # a str's UTF-8 bytes
+        end = pos[0] + len(m)
+        if end > len(into):
+            raise IndexError
+        into[pos[0] : end] = m
+        pos[0] = end
+
+    try:
+        _render(put, stream, agent, last_acked, sensors, commands, buffered, dropped, info, device, protocol)
+    except IndexError:
+        return None
+    return memoryview(into)[: pos[0]]
+
+
+def _render(put, stream, agent, last_acked, sensors, commands, buffered, dropped, info, device, protocol):
+    put('{"type":"hello","stream":')
+    put(json.dumps(stream))
+    put(',"agent":')
+    put(_str(agent))
+    put(',"protocol":%d' % protocol)
     if device:
-        parts.append(',"device":')
-        parts.append(json.dumps(device))
-    parts.append(',"last_acked":%d,"buffered":%d,"dropped":%d' % (last_acked, buffered, dropped))
-    parts.append(',"sensors":[')
+        put(',"device":')
+        put(json.dumps(device))
+    put(',"last_acked":%d,"buffered":%d,"dropped":%d' % (last_acked, buffered, dropped))
+    put(',"sensors":[')
     first = True
     for s in sensors:
         if isinstance(s, dict):
             s = (s["metric"], s.get("unit", ""), s.get("kind", ""))
         if not name_ok(s[0]):
             continue
-        parts.append(("" if first else ",") + '{"metric":"' + s[0] + '"')
+        put(("" if first else ",") + '{"metric":"' + s[0] + '"')
         if s[1]:
-            parts.append(',"unit":' + _str(s[1]))
+            put(',"unit":' + _str(s[1]))
         if len(s) > 2 and s[2]:
-            parts.append(',"kind":' + _str(s[2]))
-        parts.append("}")
+            put(',"kind":' + _str(s[2]))
+        put("}")
         first = False
-    parts.append('],"commands":[')
+    put('],"commands":[')
     first = True
     for c in commands:
         if isinstance(c, dict):
             c = (c["name"], c.get("description", ""), c.get("args", {}))
         if not name_ok(c[0]):
             continue
-        parts.append(("" if first else ",") + '{"name":"' + c[0] + '"')
+        put(("" if first else ",") + '{"name":"' + c[0] + '"')
         if c[1]:
-            parts.append(',"description":' + _str(c[1]))
+            put(',"description":' + _str(c[1]))
         if c[2]:
             args = c[2]
-            parts.append(',"args":{' + ",".join(
-                '"' + a + '":' + _str(args[a]) for a in args if name_ok(a)) + "}")
-        parts.append("}")
+            put(',"args":{')
+            sep = ""
+            for a in args:
+                if name_ok(a):
+                    put(sep + '"' + a + '":' + _str(args[a]))
+                    sep = ","
+            put("}")
+        put("}")
         first = False
-    parts.append('],"info":')
-    parts.append(_info_json(info or {}))
-    parts.append("}")
-    return join(parts)  # the link's join writes into its preallocated frame buffer
+    put('],"info":')
+    put(_info_json(info or {}))
+    put("}")

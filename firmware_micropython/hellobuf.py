@@ -15,23 +15,28 @@ def run(link):
     import hello
 
     try:
+        buf = link.out.buf  # free between sessions: the hello is written there first
         if link._hlen is None:  # the first time: keep the unchanging parts
             small = hello.hello(link.stream, AGENT, 0, (), (), 0, 0, {}, link.device, 1)
             h = small.find(_COUNTERS)
             small = None
             mv = hello.hello(link.stream, AGENT, 0, link.sensors, hello.describe(link.commands, link.outputs),
-                             0, 0, {}, link.device, 1, link.out.fill)
-            a = h + len(_COUNTERS)
-            n = len(mv) - 11 - a  # up to ',"info":{}}'
-            hb = link._hbuf
+                             0, 0, {}, link.device, 1, buf)
             link._hlen = False
-            if h > 0 and isinstance(mv, memoryview) and h + n <= len(hb):
-                hb[:h] = mv[:h]
-                hb[h : h + n] = mv[a : a + n]
-                link._hlen = (h, n)
-                return None
+            if h > 0 and mv is not None:
+                a = h + len(_COUNTERS)
+                n = len(mv) - 11 - a  # up to ',"info":{}}'
+                hb = link._hbuf
+                if h + n <= len(hb):
+                    hb[:h] = mv[:h]
+                    hb[h : h + n] = mv[a : a + n]
+                    link._hlen = (h, n)
+                    return None
+        info = link.info()
         return hello.hello(link.stream, AGENT, link.acked, link.sensors,
                            hello.describe(link.commands, link.outputs), link.buffered,
-                           link.dropped, link.info(), link.device, 1, link.out.fill)
+                           link.dropped, info, link.device, 1, buf) or hello.hello(
+            link.stream, AGENT, link.acked, link.sensors, hello.describe(link.commands, link.outputs),
+            link.buffered, link.dropped, info, link.device, 1)
     finally:
         wsmod.unload("hello")

@@ -33,10 +33,11 @@ class Link:
     """Protocol v1 client for one device.
 
     cfg: the firmware config (see README.md); sensors: (metric, unit, kind)
-    tuples for hello; commands: {name: async handler(args) -> value} (their
-    descriptions are in hello.py); info: a function returning the
-    {key: value} health map for hello and status. Set `outputs` (names) for
-    the descriptions of set/toggle.
+    tuples for hello; commands: the names of the commands declared in hello (their
+    descriptions are in hello.py); info: a function returning the {key: value}
+    health map for hello and status. Set `outputs` (names) for the descriptions of
+    set/toggle, and `on_command(name, args)`: -> a coroutine whose value is the
+    command's result (at each welcome with settings: on_command("welcome", settings)).
     """
 
     def __init__(self, cfg, sensors=(), commands=None, info=None, net=None):
@@ -48,11 +49,11 @@ class Link:
             wsmod.unload("linkcfg")
             linkcfg = None
         self.sensors = sensors
-        self.commands = commands or {}
+        self.commands = commands or ()
         self.outputs = ()
         self.info = info or (lambda: {})
         self.net = net  # object with async up() and isconnected(), or None (unix port)
-        self.on_welcome = None  # called with welcome.settings (or {}) at each welcome
+        self.on_command = None  # see the class docstring
 
     # -- what the application calls ---------------------------------------------
 
@@ -73,7 +74,7 @@ class Link:
         except MemoryError:
             self.out.lost += 1
             return False
-        self._wake.set()
+        self._wake = True
         self._save()
         return ok
 
@@ -90,7 +91,7 @@ class Link:
         except MemoryError:
             self.out.lost += 1
             return False
-        self._wake.set()
+        self._wake = True
         self._save()
         return ok
 
@@ -124,28 +125,31 @@ class Link:
             delay = None
             self.connected = False
             try:
-                await self.session()
-            except wsmod.ConnectionClosed as exc:
-                if not exc.local:
-                    delay = self._up("close_delay", exc.code, exc.reason)
-                else:
-                    log(1, "LINK closed by us:", exc.code, exc.reason)
-            except wsmod.HandshakeError as exc:
-                log(0, "LINK handshake failed:", exc.args[0])
-                if exc.status in (401, 403, 404):
-                    # Token or URL wrong: nothing changes until the config does.
-                    delay = self.long_ms
-            except (OSError, EOFError, asyncio.TimeoutError) as exc:
-                log(1, "LINK down:", repr(exc))
-            except MemoryError as exc:
-                # Sending may have stopped mid-frame: the session is over, the frames are
-                # still pinned in the ring and go again on the next one.
-                log(0, "LINK MemoryError:", exc, "(session ended; unacked frames will be resent)")
-                if compat.LEVEL[0] > 1:
+                try:
+                    await self.session()
+                except wsmod.ConnectionClosed as exc:
+                    if exc.local or self._stopping:
+                        log(1, "LINK closed by us:", exc.code, exc.reason)
+                    else:
+                        delay = self._up("close_delay", exc.code, exc.reason)
+                except wsmod.HandshakeError as exc:
+                    log(0, "LINK handshake failed:", exc.args[0])
+                    if exc.status in (401, 403, 404):
+                        # Token or URL wrong: nothing changes until the config does.
+                        delay = self.long_ms
+                except (OSError, EOFError, asyncio.TimeoutError) as exc:
+                    log(1, "LINK down:", repr(exc))
+                except MemoryError as exc:
+                    # Sending may have stopped mid-frame: the session is over, the frames are
+                    # still pinned in the ring and go again on the next one.
+                    log(0, "LINK MemoryError:", exc, "(session ended; unacked frames will be resent)")
+                    if compat.LEVEL[0] > 1:
+                        print_exception(exc)
+                except Exception as exc:  # a bug: keep the device alive, say so loudly
+                    log(0, "LINK error:")
                     print_exception(exc)
-            except Exception as exc:  # a bug: keep the device alive, say so loudly
-                log(0, "LINK error:")
-                print_exception(exc)
+            except MemoryError:  # in a handler above (linkup.py, a log line): the backoff's delay
+                collect()
             if self._stopping:
                 break
             if self.connected:
@@ -174,7 +178,7 @@ class Link:
     async def stop(self):
         """Close the session (1000) and end run()."""
         self._stopping = True
-        self._wake.set()
+        self._wake = True
         ws = self._ws
         if ws is not None:
             try:
@@ -260,7 +264,7 @@ class Link:
                     log(1, "LINK ignoring", kind)
         except Exception as exc:  # includes ConnectionClosed: hand it to the sender
             self._rx_exc = exc
-            self._wake.set()
+            self._wake = True
 
     def _on_ack(self, seq):
         # Cumulative (docs/protocol.md step 4): everything <= seq is stored.
@@ -271,7 +275,7 @@ class Link:
             self.acked = seq
         self.out.acked(seq)
         self._save()
-        self._wake.set()
+        self._wake = True
 
     async def _on_command(self, ws, msg):
         import command  # loaded per command (command.py)
@@ -329,8 +333,9 @@ class Link:
                 raise OSError("no frame from the gateway for %d s" % (self.silence_ms // 1000))
             if self.net is not None and not self.net.isconnected():
                 raise OSError("network down")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for_ms(self._wake.wait(), 1000)
-            except asyncio.TimeoutError:
-                pass
+            # Wait up to 1 s for a wake-up (a sample, an ack, the reader's end): a flag polled
+            # every 20 ms, not an asyncio.Event (~1 KB of heap for good on the 64-bit port).
+            self._wake = False
+            end = ticks_add(now, 1000)
+            while not self._wake and ticks_diff(end, ticks_ms()) > 0:
+                await asyncio.sleep_ms(20)

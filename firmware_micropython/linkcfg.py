@@ -1,7 +1,6 @@
 # iotgw firmware: the link's configuration, read once at boot (docs/firmware.md, "Memory").
 #
 # Link() imports this module for setup() and unloads it afterwards (ws.unload).
-import asyncio
 
 import compat
 import ws as wsmod
@@ -99,7 +98,7 @@ def setup(link, cfg):
     link.skipped = 0  # values skipped as invalid (bad name, NaN, ...)
     link.sessions = 0
     link.connected = False
-    link._wake = asyncio.Event()
+    link._wake = False  # set to wake the sender (link._sender)
     link._rx_exc = None
     link._ws = None
     link._stopping = False

@@ -3,7 +3,6 @@
 # link.py imports this module for one call and unloads it afterwards (ws.unload): the
 # config, TLS and the clock, hello and welcome, close codes and gateway errors hold no
 # heap while a session streams. Every function takes the Link as its first argument.
-import asyncio
 
 import compat
 import proto
@@ -68,7 +67,7 @@ async def prepare(link):
 
 async def welcome(link, ws, t0):
     """After hello went out at t0: wait for welcome and apply it."""
-    msg = await asyncio.wait_for_ms(_await_welcome(link, ws), 10000)
+    msg = await wsmod.wait_for_ms(_await_welcome(link, ws), 10000)
     _on_welcome(link, msg, t0, ticks_ms())
 
 
@@ -106,8 +105,8 @@ def _on_welcome(link, msg, t0, t1):
     log(1, "LINK welcome device=%s last_seq=%d rtt=%d ms resend=%d"
         % (msg.get("device"), last, link.clock.rtt, out.n))
     settings = msg.get("settings") or {}
-    if link.on_welcome is not None and (settings or compat.OTA_TRIAL):
-        link.on_welcome(settings)  # appcmd.welcome: loaded only when there is something to do
+    if link.on_command is not None and (settings or compat.OTA_TRIAL):
+        link.on_command("welcome", settings)  # appcmd.welcome: loaded only when there is something to do
 
 
 def on_error(link, msg):
@@ -120,7 +119,7 @@ def on_error(link, msg):
     # The frame was refused and nothing of it stored: resending cannot help.
     if link.out.refused(seq):
         link._save()
-        link._wake.set()
+        link._wake = True
 
 
 def close_delay(link, code, reason):

@@ -5,8 +5,13 @@ import sys
 
 import compat
 
-if "/" in __file__:  # the unix port runs /path/to/main.py: the firmware lives beside it
-    compat.ROOT = __file__.rsplit("/", 1)[0] + "/"
+if "/" in __file__:
+    # The unix port runs /path/to/main.py: run in that directory, as a board runs in its
+    # filesystem's root, and import from it by relative names ("ring.mpy", the name mpy-cross
+    # gave the module): each module's file name is interned for good, a long path costs heap.
+    compat.CWD = os.getcwd() + "/"  # a relative config path is the caller's (appboot.config_path)
+    os.chdir(__file__.rsplit("/", 1)[0])
+    sys.path[0] = ""
 try:  # no ota.d/: never updated, nothing to apply (and otaboot's names cost no heap)
     os.stat(compat.ROOT + "ota.d")
     state = None

@@ -20,18 +20,21 @@ _MAX_STRING_LENGTH = const(256)
 # (close_delay in linkup.py). 1000 normal, 1008 policy violation, 4000 replaced,
 # 4001/4003/4004/4005 the configuration must change (retry after the long delay).
 
-_FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_REST = _FIRST + "0123456789_.:-"
 _INF = float("inf")
 
 
 def name_ok(name):
-    """True if `name` matches ^[A-Za-z][A-Za-z0-9_.:-]{0,63}$ (metrics, events)."""
-    if not isinstance(name, str) or not 1 <= len(name) <= 64 or name[0] not in _FIRST:
+    """True if `name` matches ^[A-Za-z][A-Za-z0-9_.:-]{0,63}$ (metrics, events).
+
+    Checked on the UTF-8 bytes: iterating a str makes a one-character str of each, and
+    MicroPython interns those for good (a qstr each, never freed)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 64:
         return False
-    for c in name:
-        if c not in _REST:
+    first = True
+    for c in memoryview(name):
+        if not (65 <= c <= 90 or 97 <= c <= 122 or (not first and (48 <= c <= 57 or c in b"_.:-"))):
             return False
+        first = False
     return True
 
 

@@ -121,21 +121,23 @@ async def http_date(url, addr, end):
             addr[0] = await wsopen.resolve(host, port, end, addr[1])
         ctx = wsopen.ssl_context(None) if secure else None
         sock = await wsopen._tcp(addr[0], ctx, host, end)
+        try:  # the socket read and written as the WebSocket's, its lines read as the handshake's
+            return await wsmod.wait_for_ms(_date(wsopen, wsmod.WebSocket(sock, 0), path, host),
+                                           max(1, ticks_diff(end, ticks_ms())))
+        finally:
+            wsmod.close_quietly(sock)
     finally:
         wsmod.unload("wsopen")
-    stream = asyncio.StreamReader(sock)
-    try:
-        stream.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host))
-        await stream.drain()
-        left = max(1, ticks_diff(end, ticks_ms()))
-        for _ in range(32):
-            line = await asyncio.wait_for_ms(stream.readline(), left)
-            if not line or line == b"\r\n":
-                break
-            if line[:5].lower() == b"date:":
-                return parse_date(line[5:].strip().decode())
-    finally:
-        wsmod.close_quietly(stream)
+
+
+async def _date(wsopen, ws, path, host):
+    await ws._write(memoryview(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)))
+    for _ in range(32):
+        line = await wsopen._line(ws)
+        if not line or line == b"\r\n":
+            break
+        if line[:5].lower() == b"date:":
+            return parse_date(line[5:].strip().decode())
     raise ValueError("no Date header")
 
 

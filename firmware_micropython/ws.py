@@ -1,4 +1,4 @@
-# iotgw firmware: a small WebSocket client (RFC 6455, client side) on asyncio streams.
+# iotgw firmware: a small WebSocket client (RFC 6455, client side) on a non-blocking socket.
 #
 #   ws = await ws.connect("ws://host:8765/v1/device", token="...")
 #   await ws.send('{"type":"hello"}')      # str -> text frame, bytes -> binary
@@ -16,10 +16,13 @@
 # is refused (close 1009) before it is read if it would exceed max_size. The
 # opening handshake (URL, DNS, TLS context, HTTP upgrade) lives in wsopen.py,
 # which connect() imports for the handshake and unloads afterwards: on a board
-# its code would otherwise hold heap for the whole uptime.
+# its code would otherwise hold heap for the whole uptime. The socket is read and
+# written here, waiting on asyncio's I/O queue: no asyncio.stream (1.7 KB of heap
+# for good), and asyncio.funcs only while a timeout runs (wait_for_ms below).
 import asyncio
 import struct
 import sys
+from asyncio import core
 
 from compat import fault, ticks_ms, urandom
 from micropython import const
@@ -80,12 +83,17 @@ async def connect(url, token=None, headers=None, ssl=None, max_size=65536, timeo
     OSError for network failures; the whole handshake (DNS, TCP, TLS and HTTP)
     must finish within timeout_ms.
     """
+    # The WebSocket (its attributes' table is the one larger block a session keeps) is made
+    # before wsopen.py's code is loaded: not in a gap of that code, which would split the
+    # free heap left when it is unloaded (reconnects fail from fragmentation, not size).
+    ws = WebSocket(None, max_size, bufs)
     import wsopen
 
     try:
-        return await wsopen.connect(url, token, headers, ssl, max_size, timeout_ms, addr, bufs)
+        await wsopen.connect(ws, url, token, headers, ssl, timeout_ms, addr)
     finally:
         unload("wsopen")
+    return ws
 
 
 def ssl_context(ca_file=None):
@@ -106,6 +114,17 @@ def unload(name):
         pass
 
 
+async def wait_for_ms(aw, ms):
+    """asyncio.wait_for_ms, with asyncio.funcs loaded for this call only: resident it would
+    hold ~1 KB of heap for the few waits with a timeout (handshakes, the welcome, a close)."""
+    import asyncio.funcs
+
+    f = asyncio.funcs.wait_for_ms
+    unload("asyncio.funcs")
+    del asyncio.funcs  # the package keeps its submodules as attributes
+    return await f(aw, ms)
+
+
 async def _closing(name, *args):
     """Run wsclose.<name>(*args): the closing handshake and failing a connection are
     rare, their code is loaded for them (wsclose.py) and unloaded."""
@@ -118,12 +137,11 @@ async def _closing(name, *args):
     await f(*args)
 
 
-def close_quietly(writer):
-    if writer is not None:
+def close_quietly(sock):
+    if sock is not None:
         try:
-            writer.close()
-            writer.s.close()  # MicroPython's Stream closes its socket in wait_closed()
-        except Exception:
+            sock.close()
+        except Exception:  # already closed, or a TLS socket that fails its close_notify
             pass
 
 
@@ -134,9 +152,8 @@ class WebSocket:
     session is over (1006 if the connection dropped without one).
     """
 
-    def __init__(self, reader, writer, max_size, bufs=None):
-        self._r = reader
-        self._w = writer
+    def __init__(self, sock, max_size, bufs=None):
+        self._s = sock  # non-blocking (TLS-wrapped for wss://)
         self.max_size = max_size
         # header, masked chunk, the mask key repeated: buffers() allocated once by the caller
         # and reused by each connection in turn, or new ones for this connection
@@ -147,7 +164,6 @@ class WebSocket:
         # sender streams): a flag, not asyncio.Lock, which would load asyncio.lock (~0.6 KB of heap
         # on the 64-bit port, for good) for this one use.
         self._sending = False
-        self._done = asyncio.Event()
         self._reading = False
         self.close_sent = False
         self.close_code = None
@@ -238,14 +254,25 @@ class WebSocket:
     async def _read_exact(self, mv):
         n = 0
         end = len(mv)
+        s = self._s
         while n < end:
-            r = await self._r.readinto(mv[n:])
-            if r is None:  # TLS: the socket was readable but no record is complete yet
+            r = s.readinto(mv[n:])
+            if r is None:  # nothing to read yet (TLS: no complete record): wait for the socket
+                yield core._io_queue.queue_read(s)
                 continue
             if r == 0:
                 raise EOFError("connection closed by the peer")
             n += r
         self.last_rx = ticks_ms()
+
+    async def _write(self, mv):
+        s = self._s
+        while len(mv):
+            r = s.write(mv)
+            if r is None:  # the socket's buffer is full: wait until it takes more
+                yield core._io_queue.queue_write(s)
+            else:
+                mv = mv[r:]
 
     async def _read_header(self):
         # Section 5.2: FIN, RSV1-3, opcode; MASK, payload length (7, 7+16 or 7+64 bits).
@@ -337,7 +364,6 @@ class WebSocket:
                 k += c
             off = 0
             pos = h
-            w = self._w
             while True:
                 m = min(n - off, _TX_CHUNK)
                 fault("send")
@@ -346,8 +372,7 @@ class WebSocket:
                     # boundary because every chunk but the last is _TX_CHUNK long.
                     x = int.from_bytes(src[off : off + m], "big") ^ int.from_bytes(pat[:m], "big")
                     tx[pos : pos + m] = x.to_bytes(m, "big")
-                w.write(self._txmv[: pos + m])
-                await w.drain()
+                await self._write(self._txmv[: pos + m])
                 off += m
                 pos = 0
                 if off >= n:
@@ -367,17 +392,11 @@ class WebSocket:
             self.closed = True
             if self.close_code is None:
                 self.close_code = _CLOSE_ABNORMAL
-            close_quietly(self._w)
-            self._done.set()
+            close_quietly(self._s)
 
     async def _shutdown(self):
         if not self.closed:
             self.closed = True
             if self.close_code is None:
                 self.close_code = _CLOSE_ABNORMAL
-            try:
-                self._w.close()
-                await self._w.wait_closed()
-            except OSError:
-                pass
-            self._done.set()
+            close_quietly(self._s)

@@ -10,7 +10,7 @@ import socket
 from errno import EAGAIN, EINPROGRESS
 
 from compat import ticks_add, ticks_diff, ticks_ms, urandom
-from ws import HandshakeError, WebSocket, close_quietly
+from ws import HandshakeError, close_quietly, wait_for_ms
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # section 1.3
 MAX_HEADER_LINES = 32
@@ -78,9 +78,10 @@ def pem_to_der(pem):
     return binascii.a2b_base64(b"".join(body.split()))
 
 
-async def connect(url, token, headers, ssl, max_size, timeout_ms, addr=None, bufs=None):
-    """See ws.connect. addr: [resolved address or None, DNS server or None], the
-    caller's cache; it clears addr[0] after a failure so that DNS runs again."""
+async def connect(ws, url, token, headers, ssl, timeout_ms, addr=None):
+    """See ws.connect: opens ws (a WebSocket without its socket yet). addr: [resolved
+    address or None, DNS server or None], the caller's cache; it clears addr[0] after a
+    failure so that DNS runs again."""
     secure, host, port, path = parse_url(url)
     if secure and ssl is None:
         raise HandshakeError("wss:// needs a CA to verify the gateway (ca_file), or tls_insecure")
@@ -88,28 +89,24 @@ async def connect(url, token, headers, ssl, max_size, timeout_ms, addr=None, buf
         ssl = ssl_context()  # explicitly unverified
     if addr is None:
         addr = [None, None]
-    sock = stream = None
+    sock = None
     end = ticks_add(ticks_ms(), timeout_ms)
     try:
         if addr[0] is None:
             addr[0] = await resolve(host, port, end, addr[1])
-        sock = await _tcp(addr[0], secure and ssl, host, end)
-        stream = asyncio.StreamReader(sock)
+        sock = ws._s = await _tcp(addr[0], secure and ssl, host, end)
         key = binascii.b2a_base64(urandom(16))[:-1]
-        await asyncio.wait_for_ms(
-            _handshake(stream, stream, host, port, secure, path, key, token, headers),
-            max(1, ticks_diff(end, ticks_ms())),
-        )
+        await wait_for_ms(_handshake(ws, host, port, secure, path, key, token, headers),
+                          max(1, ticks_diff(end, ticks_ms())))
     except asyncio.TimeoutError:
-        close_quietly(stream or sock)
+        close_quietly(sock)
         raise HandshakeError("opening handshake timed out")
     except ValueError as exc:  # MicroPython's TLS reports a bad certificate this way
-        close_quietly(stream or sock)
+        close_quietly(sock)
         raise HandshakeError("TLS handshake failed: %s" % str(exc).strip())
     except BaseException:
-        close_quietly(stream or sock)
+        close_quietly(sock)
         raise
-    return WebSocket(stream, stream, max_size, bufs)
 
 
 async def _tcp(ai, ctx, host, end):
@@ -202,28 +199,53 @@ async def _dns_a(name, server, end):
             except OSError:
                 await asyncio.sleep_ms(20)
                 continue
-            if r[:2] != q[:2] or not r[2] & 0x80:
-                continue
-            if r[3] & 0x0F:
-                raise OSError("DNS: %s not found (rcode %d)" % (name, r[3] & 0x0F))
-            p = len(q)  # the question, echoed
-            for _ in range((r[6] << 8) | r[7]):
-                while r[p] and r[p] < 0xC0:  # the answer's name: labels, then 0 or a pointer
-                    p += r[p] + 1
-                p += 2 if r[p] >= 0xC0 else 1
-                rtype = (r[p] << 8) | r[p + 1]
-                rdlen = (r[p + 8] << 8) | r[p + 9]
-                p += 10
-                if rtype == 1 and rdlen == 4:
-                    return "%d.%d.%d.%d" % (r[p], r[p + 1], r[p + 2], r[p + 3])
-                p += rdlen
-            raise OSError("DNS: no address for %s" % name)
+            if r[:2] == q[:2] and r[2] & 0x80:
+                return _dns_answer(r, len(q), name)
         raise OSError("DNS: no answer for %s from %s" % (name, server))
     finally:
         s.close()
 
 
-async def _handshake(reader, writer, host, port, secure, path, key, token, headers):
+def _dns_answer(r, p, name):
+    """The first A record's address in response r (p: the question's length, echoed in r).
+    A function of its own: the code a reconnect loads is in blocks of a few hundred bytes."""
+    if r[3] & 0x0F:
+        raise OSError("DNS: %s not found (rcode %d)" % (name, r[3] & 0x0F))
+    for _ in range((r[6] << 8) | r[7]):
+        while r[p] and r[p] < 0xC0:  # the answer's name: labels, then 0 or a pointer
+            p += r[p] + 1
+        p += 2 if r[p] >= 0xC0 else 1
+        rtype = (r[p] << 8) | r[p + 1]
+        rdlen = (r[p + 8] << 8) | r[p + 9]
+        p += 10
+        if rtype == 1 and rdlen == 4:
+            return "%d.%d.%d.%d" % (r[p], r[p + 1], r[p + 2], r[p + 3])
+        p += rdlen
+    raise OSError("DNS: no address for %s" % name)
+
+
+async def _line(ws):
+    """Read one response line (up to LF) into the WebSocket's chunk buffer, a byte at a time
+    (nothing past the handshake is read); -> the line, cut to the buffer, or b"" at EOF. A line
+    longer than MAX_HEADER_LINE is an error."""
+    buf = ws._tx
+    n = 0
+    try:
+        while True:
+            await ws._read_exact(ws._hmv[:1])
+            c = ws._hdr[0]
+            if n < len(buf):
+                buf[n] = c
+            n += 1
+            if c == 10:
+                return bytes(buf[: min(n, len(buf))])
+            if n > MAX_HEADER_LINE:
+                raise HandshakeError("response header line too long")
+    except EOFError:
+        return b""
+
+
+async def _handshake(ws, host, port, secure, path, key, token, headers):
     # Section 4.1: the client's opening handshake.
     default_port = 443 if secure else 80
     hosthdr = host if port == default_port else "%s:%d" % (host, port)
@@ -237,10 +259,14 @@ async def _handshake(reader, writer, host, port, secure, path, key, token, heade
         for k in headers:
             req.append("%s: %s\r\n" % (k, headers[k]))
     req.append("\r\n")
-    writer.write("".join(req).encode())
-    await writer.drain()
+    await ws._write(memoryview("".join(req)))
+    req = None
+    await _response(ws, key)
 
-    line = await reader.readline()
+
+async def _response(ws, key):
+    # Section 4.1: the server's answer, checked (its own function: see _dns_answer).
+    line = await _line(ws)
     if not line:
         raise HandshakeError("connection closed during the handshake")
     parts = line.split(None, 2)
@@ -250,11 +276,9 @@ async def _handshake(reader, writer, host, port, secure, path, key, token, heade
         raise HandshakeError("not an HTTP response: %r" % line[:64])
     upgrade = connection = accept = None
     for _ in range(MAX_HEADER_LINES):
-        line = await reader.readline()
+        line = await _line(ws)
         if not line or line in (b"\r\n", b"\n"):
             break
-        if len(line) > MAX_HEADER_LINE:
-            raise HandshakeError("response header line too long", status)
         i = line.find(b":")
         if i < 0:
             continue

@@ -10,59 +10,9 @@
 # Output config types: led, output, pwm_led (the agent's actuator kinds, docs/commands.md
 # "Actuators: one vocabulary"), or the older digital (= output) and pwm (= pwm_led).
 # Simulated drivers are used when config "simulate" is true, or automatically
-# when the port has no machine.Pin (the unix port).
-from compat import BOARD, log, ticks_diff, ticks_ms
-
-
-def backend(cfg):
-    sim = cfg.get("simulate")
-    if sim is None:
-        sim = not BOARD
-    if sim:
-        from drivers import sim as mod
-    else:
-        from drivers import hw as mod
-    return mod
-
-
-def build(cfg):
-    """-> (sensors, inputs, outputs{name: output}) for cfg's sensors/inputs/outputs lists."""
-    mod = backend(cfg)
-    sensors = []
-    for sc in cfg.get("sensors", []):
-        cls = mod.SENSORS.get(sc.get("type"))
-        if cls is None:
-            log(0, "DRIVER unknown sensor type %r, skipped" % sc.get("type"))
-            continue
-        try:
-            sensors.append(cls(sc))
-        except Exception as exc:  # one broken sensor must not stop the others
-            log(0, "DRIVER sensor %r failed to start: %r" % (sc.get("type"), exc))
-    inputs = []
-    for ic in cfg.get("inputs", []):
-        try:
-            inputs.append(Debounce(mod.Input(ic), ic.get("debounce_ms", 50), ic.get("event")))
-        except Exception as exc:
-            log(0, "DRIVER input %r failed to start: %r" % (ic.get("name"), exc))
-    outputs = {}
-    for oc in cfg.get("outputs", []):
-        t = oc.get("type", "digital")
-        cls = mod.OUTPUTS.get(t)
-        if cls is None:
-            log(0, "DRIVER unknown output type %r, skipped (led, output, pwm_led)" % t)
-            continue
-        try:
-            o = cls(oc)
-            o.kind = KINDS.get(t, t)  # what hello's info.outputs and each result call it
-            o.gpio = oc.get("pin")
-            o.blinker = None  # the task of a running blink (command.py)
-            outputs[oc["name"]] = o
-        except Exception as exc:
-            log(0, "DRIVER output %r failed to start: %r" % (oc.get("name"), exc))
-    return sensors, inputs, outputs
-
-
-KINDS = {"digital": "output", "pwm": "pwm_led"}
+# when the port has no machine.Pin (the unix port). The backend is chosen and the drivers
+# built from the config once, at start, by appboot.py (build): that code holds no heap after.
+from compat import ticks_diff, ticks_ms
 
 
 def scaled(cfg, fraction):

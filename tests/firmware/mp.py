@@ -70,8 +70,9 @@ def compile_firmware(dest: Path) -> Path:
         if rel.name in ("main.py", "boot.py"):
             target.write_bytes(source.read_bytes())
         else:
-            subprocess.run([mpy_cross_binary(), *MPY_CROSS_FLAGS, "-s", rel.as_posix(), "-o",
-                            str(target.with_suffix(".mpy")), str(source)], check=True, capture_output=True)  # fmt: skip
+            mpy = rel.with_suffix(".mpy").as_posix()  # its name on the board, as it is imported
+            subprocess.run([mpy_cross_binary(), *MPY_CROSS_FLAGS, "-s", mpy, "-o", str(dest / mpy), str(source)],
+                           check=True, capture_output=True)  # fmt: skip
     return dest
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.firmware.mp import FIRMWARE, firmware_files, mpy_cross_binary
+from gateway.cli.firmware import stage
+from tests.firmware.mp import FIRMWARE, compile_firmware, firmware_files, mpy_cross_binary
 
 
 def test_firmware_has_the_expected_modules() -> None:
@@ -27,6 +28,19 @@ def test_mpy_cross_compiles(source: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and out.stat().st_size > 0
     assert out.read_bytes()[:1] == b"M"  # .mpy magic
+
+
+def test_deploy_compiles_exactly_as_the_memory_tests_do(tmp_path: Path) -> None:
+    # The memory budget (docs/firmware.md) is measured on compile_firmware's files: a board given
+    # `iotgw firmware deploy --mpy` (or an --mpy OTA update) must get the same bytes, down to
+    # the source name mpy-cross stores in each module (the board's file name: one qstr for both).
+    deployed = tmp_path / "deploy"
+    staged = {p.relative_to(deployed) for p in stage(deployed, compiled=True, source=FIRMWARE)}
+    tested = compile_firmware(tmp_path / "tests")
+    assert staged == {p.relative_to(tested) for p in tested.rglob("*") if p.is_file()}
+    for rel in staged:
+        assert (deployed / rel).read_bytes() == (tested / rel).read_bytes(), rel
+    assert b"drivers/sim.mpy" in (tested / "drivers" / "sim.mpy").read_bytes()
 
 
 def test_firmware_code_has_no_type_hints() -> None:
