@@ -137,6 +137,7 @@ _RUNTIME_MARKS = (
     "event loop lag",
     "event loop stalls",
     "group commits: ",
+    "wal checkpoints: ",
 )
 
 

@@ -29,6 +29,7 @@ from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
 from gateway.operator.mqtt_commands import MqttCommands
 from gateway.store import registry
+from gateway.store.checkpoints import Checkpointer
 from gateway.store.retention import run_retention
 from gateway.store.writer import GroupCommitter
 from iotgw_common import tls
@@ -49,6 +50,7 @@ class Gateway:
         self._write_conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
         self.committer: GroupCommitter | None = None
+        self.checkpointer: Checkpointer | None = None
         self.devices: DeviceServer | None = None
         self.forwarder: DeliveryEngine | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -68,6 +70,8 @@ class Gateway:
             self.tls = tls.server_context(cfg.tls.cert, cfg.tls.key, min_version=cfg.tls.min_version)
         self._write_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
         self._read_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
+        self.checkpointer = Checkpointer(self.store_path)  # before the writer's first commit
+        self.checkpointer.start(self._write_conn)
         self.committer = GroupCommitter(self._write_conn, max_pending_samples=cfg.store.max_pending_samples)
         self.committer.start()
         self.feed = Feed(queue_size=cfg.api.feed_queue, resolve_name=self._device_name)  # docs/live.md
@@ -193,6 +197,9 @@ class Gateway:
         if self.committer is not None:
             await self.committer.stop()
             self.committer = None
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
+            self.checkpointer = None
         for conn in (self._read_conn, self._write_conn):
             if conn is not None:
                 conn.close()
