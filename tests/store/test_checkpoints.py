@@ -77,3 +77,16 @@ def test_the_thread_checkpoints_while_the_writer_writes(path: Path) -> None:
     assert _wal_frames(path) < 20_000
     assert writer.execute("SELECT count(*) FROM filler").fetchone() == (written,)
     writer.close()
+
+
+def test_a_quiet_log_is_checkpointed_less_often_a_busy_one_every_second(path: Path) -> None:
+    checkpointer = Checkpointer(path, every_s=1.0, max_every_s=120.0, busy_pages=1000)
+    checkpointer.last = (0, 40, 40)  # a quiet second: 40 pages
+    assert [round(checkpointer.next_interval(x), 1) for x in (1.0, 2.0, 64.0, 120.0)] == [
+        2.0,
+        4.0,
+        120.0,
+        120.0,
+    ]
+    checkpointer.last = (0, 2500, 2500)  # busy again: back to every second
+    assert checkpointer.next_interval(64.0) == 1.0
