@@ -13,7 +13,9 @@ free, not a place behind the readings gathering for the next group commit (docs/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -83,19 +85,43 @@ class LedgerWrites:
         on_stored, self._on_stored = self._on_stored, []
         waiters, self._waiters = self._waiters, []
         self._in_flight += 1
-        try:
-            written = self._committer.call(lambda conn: ledger.write_changes(conn, changes), urgent=True)
-        except RuntimeError as exc:  # the committer has stopped: nothing more can be stored
-            log.error("command changes not stored: %s", exc)
-            self._settled(waiters, on_stored)
-            return
+        loop = asyncio.get_running_loop()
+        settled = False
 
-        def relay(done: asyncio.Future[None]) -> None:
-            if not done.cancelled() and done.exception() is not None:
-                log.error("writing %d command changes failed: %s", len(changes), done.exception())
+        def settle(error: BaseException | None) -> None:  # on the loop, once
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            if error is not None:
+                log.error("writing %d command changes failed: %s", len(changes), error)
             self._settled(waiters, on_stored)  # the state stays in memory; do not hang waiters
 
-        written.add_done_callback(relay)
+        def write(conn: sqlite3.Connection) -> None:  # on the writer thread
+            error: BaseException | None = None
+            try:
+                ledger.write_changes(conn, changes)
+            except Exception as exc:
+                error = exc
+            # straight back to the loop: the committer's own future would take one more turn of
+            # the loop (its result set, then its callbacks scheduled) before anyone is told
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, error)
+            if error is not None:
+                raise error
+
+        try:
+            written = self._committer.call(write, urgent=True)
+        except RuntimeError as exc:  # the committer has stopped: nothing more can be stored
+            log.error("command changes not stored: %s", exc)
+            settle(None)
+            return
+
+        def fallback(done: asyncio.Future[None]) -> None:
+            # the write never ran (the committer stopped first) or its future was cancelled
+            settle(None if done.cancelled() else done.exception())
+
+        written.add_done_callback(fallback)
 
     def _settled(self, waiters: list[asyncio.Future[None]], on_stored: list[Callable[[], None]]) -> None:
         self._in_flight -= 1
