@@ -66,6 +66,9 @@ class StallWatch:
     warning with its most frequent stack when it ends. Costs one short wake-up every ``every_s``.
     """
 
+    MAX_STACKS = 1000
+    """Distinct stacks kept for ``report()`` over a gateway's life (each stall's own are logged)."""
+
     def __init__(self, *, threshold_s: float = 0.1, every_s: float = 0.025, depth: int = 4,
                  log_over_s: float = 0.25) -> None:  # fmt: skip
         self.threshold_s = threshold_s
@@ -124,7 +127,8 @@ class StallWatch:
             where = self._stack(frame)
             if time.monotonic() - self.gc_ended < 0.01:
                 where = "gc, then " + where
-            self.samples[where] += 1
+            if where in self.samples or len(self.samples) < self.MAX_STACKS:
+                self.samples[where] += 1
             current[where] += 1
 
     def _ended(self, since: float, samples: Counter[str]) -> None:
@@ -181,7 +185,8 @@ class RuntimePolicy:
     def from_environment(cls) -> RuntimePolicy:
         """The defaults, or for A/B runs of the bench: ``IOTGW_RUNTIME=off`` (CPython's defaults),
         ``IOTGW_SWITCH_INTERVAL_S`` (seconds), ``IOTGW_GC_FREEZE=0`` (no freezing, thresholds kept),
-        ``IOTGW_GC_THRESHOLD0`` / ``IOTGW_GC_THRESHOLD1`` (generation 0's and 1's thresholds)."""
+        ``IOTGW_GC_THRESHOLD0`` / ``IOTGW_GC_THRESHOLD1`` (generation 0's and 1's thresholds),
+        ``IOTGW_STALL_WATCH=0`` (no stall watch thread)."""
         if os.environ.get("IOTGW_RUNTIME") == "off":
             return cls(switch_interval_s=None, freeze=False)
         switch = os.environ.get("IOTGW_SWITCH_INTERVAL_S")
