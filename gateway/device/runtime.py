@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -151,13 +152,15 @@ class RuntimePolicy:
     """``start()`` on the event loop after start-up, ``await stop()`` at shutdown."""
 
     def __init__(self, *, freeze_every_s: float = 1.0, full_every_s: float = 3600.0, rss_growth: float = 1.5,
-                 rss_slack_kb: int = 32 * 1024,
+                 rss_slack_kb: int = 32 * 1024, peak_rss_kb: Callable[[], int] | None = None,
                  threshold0: int | None = 20_000, threshold1: int | None = None, switch_interval_s: float | None = None, freeze: bool = True) -> None:  # fmt: skip
         self.switch_interval_s = switch_interval_s
         self.freeze = freeze
         self._saved_switch: float | None = None
         self.freeze_every_s = freeze_every_s
         self.rss_growth = rss_growth
+        self.peak_rss_kb = peak_rss_kb or _peak_rss_kb
+        """The process's peak RSS in KiB (tests pass their own)."""
         self.little_garbage = 10_000
         """A full collection that frees fewer objects doubles the RSS growth that triggers the next."""
         self.rss_slack_kb = rss_slack_kb
@@ -190,18 +193,12 @@ class RuntimePolicy:
         if os.environ.get("IOTGW_RUNTIME") == "off":
             return cls(switch_interval_s=None, freeze=False)
         switch = os.environ.get("IOTGW_SWITCH_INTERVAL_S")
-        thresholds = {
-            name: int(value)
-            for name, value in (
-                ("threshold0", os.environ.get("IOTGW_GC_THRESHOLD0")),
-                ("threshold1", os.environ.get("IOTGW_GC_THRESHOLD1")),
-            )
-            if value
-        }
+        t0, t1 = os.environ.get("IOTGW_GC_THRESHOLD0"), os.environ.get("IOTGW_GC_THRESHOLD1")
         return cls(
             switch_interval_s=float(switch) if switch else None,
             freeze=os.environ.get("IOTGW_GC_FREEZE", "1") != "0",
-            **thresholds,
+            threshold0=int(t0) if t0 else 20_000,
+            threshold1=int(t1) if t1 else None,
         )
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -301,12 +298,12 @@ class RuntimePolicy:
 
     async def _run(self) -> None:
         last_full = time.monotonic()
-        peak_at_last_full = _peak_rss_kb()
+        peak_at_last_full = self.peak_rss_kb()
         growth = self.rss_growth
         while True:
             await asyncio.sleep(self.freeze_every_s)
             now = time.monotonic()
-            peak = _peak_rss_kb()
+            peak = self.peak_rss_kb()
             reason = None
             if now - last_full >= self.full_every_s:
                 reason = f"scheduled every {self.full_every_s:g} s"
@@ -318,7 +315,7 @@ class RuntimePolicy:
                 self.last_full_s = time.monotonic() - now
                 self.full_collections += 1
                 last_full = time.monotonic()
-                peak_at_last_full = _peak_rss_kb()
+                peak_at_last_full = self.peak_rss_kb()
                 # the RSS grew with live objects (connections), not garbage: wait for more growth
                 # before the next one (a fleet connecting costs one full collection, not several)
                 growth = min(growth * 2, 4.0) if freed < self.little_garbage else self.rss_growth
