@@ -262,9 +262,10 @@ def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
     Call on the store's writer (``GroupCommitter.call``), outside a transaction.
 
     Few statements, because each one hands the interpreter lock back and forth with a busy event
-    loop (docs/performance.md, "Commands under load"): a command inserted and updated in the same
-    batch (queued, then sent at once) is inserted as it ends up, and every history row goes in one
-    multi-row statement, in order. What is stored is what the changes one by one would store.
+    loop (docs/performance.md, "Stalls, the collector, commands and checkpoints"): a command
+    inserted and updated in the same batch (queued, then sent at once) is inserted as it ends up,
+    and every history row goes in one multi-row statement, in order. What is stored is what the
+    changes one by one would store.
     """
     inserts: list[list[Any]] = []
     inserted: dict[str, list[Any]] = {}  # command id -> its row, as the batch leaves it

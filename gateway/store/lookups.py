@@ -3,7 +3,7 @@
 The operator API's reads go through :class:`gateway.store.readings.ReadPool`, a worker thread
 each: right for a history query, but a command's two lookups (its operator's token, its device)
 each cost a hand-off to a thread and back, and when the loop is busy every hand-off waits its
-turn twice (docs/performance.md, "Commands under load"). A lookup of one row by a unique key
+turn twice (docs/performance.md, "Stalls, the collector, commands and checkpoints"). A lookup of one row by a unique key
 reads a few pages the store keeps hot and takes tens of microseconds, less than the hand-off.
 
 Use :class:`Lookups` only for such statements; anything that scans goes through the pool.

@@ -28,10 +28,6 @@ bearer = HTTPBearer(
 )
 
 
-AUTHENTICATED = "iotgw.operator"
-"""ASGI scope key: ``(token, Operator)`` found for this request by the body-limit middleware, which
-authenticates before it reads a body; the route's dependency takes it from there."""
-
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="iotgw operators"'}
 """The headers of every 401 answer."""
 
@@ -45,11 +41,7 @@ async def current_operator(
 ) -> Operator:
     if credentials is None:
         raise _unauthorized("missing 'Authorization: Bearer <operator token>' (iotgw token add)")
-    earlier = request.scope.get(AUTHENTICATED)
-    if earlier is not None and earlier[0] == credentials.credentials:
-        found: Operator | None = earlier[1]
-    else:
-        found = await operator_for_token(context(request), credentials.credentials)
+    found = await operator_for_token(context(request), credentials.credentials)
     if found is None:
         raise _unauthorized("unknown operator token")
     return found
