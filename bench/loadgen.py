@@ -41,7 +41,7 @@ from typing import Any
 
 import msgspec
 
-from .workload import DeviceBase, DeviceFactory, LoadSpec, Shared, Worker, WorkerReport, readings_payload
+from .workload import DeviceFactory, LoadSpec, ProtocolDevice, Shared, Worker, WorkerReport, readings_payload
 
 try:
     from websockets.speedups import apply_mask as _apply_mask
@@ -72,34 +72,17 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return header + mask + _apply_mask(payload, mask)
 
 
-class WsDevice(DeviceBase, asyncio.Protocol):
+class WsDevice(ProtocolDevice):
     """One device over a hand-rolled RFC 6455 client; see the module docstring."""
 
     def __init__(self, worker: Worker, index: int, name: str, token: str) -> None:
         super().__init__(worker, index, name, token)
-        self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.key = b""
         self.pings: dict[bytes, float] = {}
         self.ping_counter = 0
 
     # -- connection ------------------------------------------------------------------
-
-    async def connect(self) -> None:
-        w = self.worker
-        assert w.loop is not None
-        self.t_connect = time.monotonic()
-        local = (w.source, 0) if w.source else None
-        try:
-            async with asyncio.timeout(30):
-                await w.loop.create_connection(lambda: self, w.spec.host, w.spec.port, local_addr=local)
-                await self.welcomed.wait()
-        except (OSError, TimeoutError) as exc:
-            if self.state != "closed":
-                self.state = "closed"
-                w.failed(type(exc).__name__)
-                if self.transport is not None:
-                    self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)

@@ -27,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from .mqttraw import packet_bounds
 from .workload import DeviceBase, Shared, Worker, readings_payload
 
 
@@ -185,18 +186,7 @@ def _subscriber_main(
             n = len(buf)
             count = 0
             while n - pos >= 2:
-                # remaining length: variable byte integer (section 2.2.3)
-                mult, length, i = 1, 0, pos + 1
-                while i < n:
-                    byte = buf[i]
-                    length += (byte & 0x7F) * mult
-                    mult <<= 7
-                    i += 1
-                    if not byte & 0x80:
-                        break
-                else:
-                    break
-                end = i + length
+                _, end = packet_bounds(buf, pos, n)
                 if end > n:
                     break
                 if buf[pos] >> 4 == 3:

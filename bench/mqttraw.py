@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 
-from .workload import DeviceBase, Worker, readings_payload
+from .workload import ProtocolDevice, Worker, readings_payload
 
 
 def _remaining(n: int) -> bytes:
@@ -27,31 +26,29 @@ def _remaining(n: int) -> bytes:
             return bytes(out)
 
 
-class RawMqttDevice(DeviceBase, asyncio.Protocol):
+def packet_bounds(buf: bytes, pos: int, n: int) -> tuple[int, int]:
+    """The MQTT packet at ``buf[pos]``: (where its variable header starts, where it ends), from
+    the remaining length (a variable byte integer, MQTT 3.1.1 section 2.2.3). ``end > n``: the
+    packet is not all in ``buf[:n]`` yet."""
+    mult, length, i = 1, 0, pos + 1
+    while i < n:
+        byte = buf[i]
+        length += (byte & 0x7F) * mult
+        mult <<= 7
+        i += 1
+        if not byte & 0x80:
+            return i, i + length
+    return i, n + 1
+
+
+class RawMqttDevice(ProtocolDevice):
     """One QoS 1 publisher over a hand-written MQTT 3.1.1 client."""
 
     def __init__(self, worker: Worker, index: int, name: str, token: str) -> None:
         super().__init__(worker, index, name, token)
         self.topic = f"{worker.spec.topic}/{name}".encode()
-        self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.pids: dict[int, int] = {}
-
-    async def connect(self) -> None:
-        w = self.worker
-        assert w.loop is not None
-        self.t_connect = time.monotonic()
-        local = (w.source, 0) if w.source else None
-        try:
-            async with asyncio.timeout(30):
-                await w.loop.create_connection(lambda: self, w.spec.host, w.spec.port, local_addr=local)
-                await self.welcomed.wait()
-        except (OSError, TimeoutError) as exc:
-            if self.state != "closed":
-                self.state = "closed"
-                w.failed(type(exc).__name__)
-                if self.transport is not None:
-                    self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -95,17 +92,7 @@ class RawMqttDevice(DeviceBase, asyncio.Protocol):
                     self._ack(seq)
                 pos += 4
                 continue
-            mult, length, i = 1, 0, pos + 1
-            while i < n:
-                byte = buf[i]
-                length += (byte & 0x7F) * mult
-                mult <<= 7
-                i += 1
-                if not byte & 0x80:
-                    break
-            else:
-                break
-            end = i + length
+            i, end = packet_bounds(buf, pos, n)
             if end > n:
                 break
             if b0 >> 4 == 2 and self.state == "handshake":  # CONNACK

@@ -397,3 +397,28 @@ class DeviceBase:
         if self.rate > 0 and self.rate_start:
             end = min(time.monotonic(), self.worker.t_end)
             report.backlog += max(0, int((end - self.rate_start) * self.rate) - self.generated)
+
+
+class ProtocolDevice(DeviceBase, asyncio.Protocol):
+    """A device on its own ``asyncio.Protocol`` connection (the WebSocket and the lean MQTT
+    clients): ``connect`` dials from the worker's source address and waits for ``_welcomed``."""
+
+    def __init__(self, worker: Worker, index: int, name: str, token: str) -> None:
+        super().__init__(worker, index, name, token)
+        self.transport: asyncio.Transport | None = None
+
+    async def connect(self) -> None:
+        w = self.worker
+        assert w.loop is not None
+        self.t_connect = time.monotonic()
+        local = (w.source, 0) if w.source else None
+        try:
+            async with asyncio.timeout(30):
+                await w.loop.create_connection(lambda: self, w.spec.host, w.spec.port, local_addr=local)
+                await self.welcomed.wait()
+        except (OSError, TimeoutError) as exc:
+            if self.state != "closed":
+                self.state = "closed"
+                w.failed(type(exc).__name__)
+                if self.transport is not None:
+                    self.transport.abort()
