@@ -35,6 +35,7 @@ from gateway.config import GatewayConfig
 from gateway.store import registry
 from gateway.store.readings import event_count, newest_sample, reading_counts
 from iotgw_common.logs import setup_logging
+from iotgw_common.urgency import UrgentFirstLoop
 
 BOARD_NAME = "board-greenhouse"
 
@@ -116,8 +117,8 @@ def run_demo(
     setup_logging("WARNING")
     console = Console()
     config = demo_settings(config_path, root, port, console.say)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(root, config, DEMO_DEVICES[:agents], duration, console, influx))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=UrgentFirstLoop) as runner:
+        runner.run(_demo(root, config, DEMO_DEVICES[:agents], duration, console, influx))
     return 0
 
 

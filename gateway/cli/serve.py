@@ -47,6 +47,7 @@ def serve(args: argparse.Namespace) -> int:
     from iotgw_common import sdnotify
     from iotgw_common.logs import setup_logging
     from iotgw_common.tls import TlsError
+    from iotgw_common.urgency import UrgentFirstLoop
 
     config = config_from_args(args, demo=False)  # serve IS the gateway: no demo config
     if args.host is not None:
@@ -89,7 +90,9 @@ def serve(args: argparse.Namespace) -> int:
             watchdog.cancel()
 
     try:
-        asyncio.run(run())
+        # the urgent lane: the command plane's callbacks run before the queued device frames
+        with asyncio.Runner(loop_factory=UrgentFirstLoop) as runner:
+            runner.run(run())
     except (DeliveryStartError, TlsError) as exc:
         print(f"iotgw: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from websockets.http11 import Request, Response
 from gateway.config import DeviceSettings
 from gateway.device.acks import AckWriter
 from gateway.device.admission import AddressLimiter, counted_connection, too_many_connections
+from gateway.device.command_urgency import CommandUrgency
 from gateway.device.quotas import QUOTA_CODES, QuotaBook
 from gateway.device.revocation import Admission, RevocationWatch, admit, closing, recheck
 from gateway.device.session import (
@@ -277,10 +278,13 @@ class DeviceSession:
         """The device's stream, from ``welcome`` on."""
         self._loop = asyncio.get_running_loop()
         self.acks = AckWriter(connection, self._loop)
+        self.urgency = CommandUrgency(connection.transport)
+        """Urgent while a command sent on this connection awaits its result."""
         self._closing = False
         self._close_task: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
+        self.urgency.enter()
         log.info("device %s connected from %s", self.record.name, self.peer)
         try:
             if await self._expect_hello():
@@ -289,6 +293,7 @@ class DeviceSession:
             pass
         finally:
             self.acks.cancel()
+            self.urgency.clear()
             self.server._session_closed(self)
             if self.stream is not None and self.stream.target is self:
                 self.stream.target = None
@@ -313,7 +318,9 @@ class DeviceSession:
         """Send a ``command`` frame on this connection; raises ``ConnectionClosed`` if it is gone.
 
         The command service calls this after the ``sent`` state is durable (at most once).
+        Until its result arrives (or its deadline passes) the connection is read urgently.
         """
+        self.urgency.sent((command.deadline - now_ms()) / 1000)
         await self.connection.send(encode(command), text=True)
 
     # -- AckTarget (told by the device's StreamState) ---------------------------------
@@ -420,6 +427,7 @@ class DeviceSession:
         if isinstance(decision, MetaUpdate):
             self.server.committer.submit_meta(self.record.id, **decision.fields)
         elif isinstance(decision, Result):
+            self.urgency.answered()
             for observer in self.server.observers:
                 observer.result_received(self, decision)
         return True  # None: a close is under way; keep reading until the connection ends

@@ -45,6 +45,7 @@ from gateway.operator.command_rules import (
 )
 from gateway.operator.commands import CommandService
 from gateway.store.ledger import CommandRecord, CommandState
+from iotgw_common.urgency import urgent_context
 
 __all__ = ["MAX_REQUEST_BYTES", "MqttCommands"]
 
@@ -220,7 +221,8 @@ class MqttCommands:
         self.bridge.publish(reply.topic, payload, properties=props)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+        # a command request: in the event loop's urgent lane, like the HTTP API's
+        task = asyncio.create_task(coro, context=urgent_context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

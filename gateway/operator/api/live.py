@@ -45,6 +45,7 @@ from gateway.operator.feed import (
 from gateway.store import operators
 from gateway.tokens import bearer_token
 from iotgw_common.protocol.messages import DEVICE_NAME_PATTERN, METRIC_NAME_PATTERN
+from iotgw_common.urgency import mark_ordinary
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ async def _pump(websocket: WebSocket, sub: Any) -> tuple[int | None, str]:
     """Send the subscription's messages until the client leaves; the close code to send, if any."""
 
     async def send() -> tuple[int, str]:
+        mark_ordinary()  # a stream of readings, not the urgent request/response of the API
         while True:
             try:
                 entry = await sub.get()

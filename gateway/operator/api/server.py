@@ -36,6 +36,7 @@ from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState, read
 from gateway.store.lookups import Lookups
 from gateway.store.readings import ReadPool
 from gateway.store.writer import GroupCommitter
+from iotgw_common.urgency import urgent_context
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,11 @@ class ApiServer:
             config.load()
             config.ssl = self.ssl_context
         server = self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="operator-api")
+        # in the event loop's urgent lane (iotgw_common.urgency): its reads and its requests'
+        # tasks go before the queued device frames; the live feed's streams opt out
+        self._task = asyncio.create_task(
+            server.serve(sockets=[sock]), name="operator-api", context=urgent_context()
+        )
         while not server.started:
             if self._task.done():
                 sock.close()
