@@ -30,6 +30,7 @@ from gateway.operator.feed import Feed
 from gateway.operator.mqtt_commands import MqttCommands
 from gateway.store import registry
 from gateway.store.checkpoints import Checkpointer
+from gateway.store.ledger_writer import LedgerWriter
 from gateway.store.retention import run_retention
 from gateway.store.writer import GroupCommitter
 from iotgw_common import tls
@@ -50,6 +51,7 @@ class Gateway:
         self._write_conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
         self.committer: GroupCommitter | None = None
+        self.ledger_writer: LedgerWriter | None = None
         self.checkpointer: Checkpointer | None = None
         self.devices: DeviceServer | None = None
         self.forwarder: DeliveryEngine | None = None
@@ -68,7 +70,10 @@ class Gateway:
         cfg = self.config
         if cfg.tls.enabled:  # first: a bad certificate fails start() before anything opens (TlsError)
             self.tls = tls.server_context(cfg.tls.cert, cfg.tls.key, min_version=cfg.tls.min_version)
-        self._write_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
+        # the ledger file read-only here: the group commits' BEGIN IMMEDIATE would lock it too
+        self._write_conn = store.connect(
+            self.store_path, synchronous=cfg.store.synchronous, ledger_writable=False
+        )
         self._read_conn = store.connect(self.store_path, synchronous=cfg.store.synchronous)
         self.checkpointer = Checkpointer(self.store_path)  # before the writer's first commit
         self.checkpointer.start(self._write_conn)
@@ -84,8 +89,10 @@ class Gateway:
                 await self.stop()
                 raise
             self.forwarder = forwarder
+        self.ledger_writer = LedgerWriter(self.store_path, synchronous=cfg.store.synchronous)
+        self.ledger_writer.start()  # the command ledger's own file and writer thread
         self.commands = CommandService(  # loads queued commands before devices connect
-            self.committer, max_open_per_device=cfg.api.max_open_commands
+            self.committer, self.ledger_writer, max_open_per_device=cfg.api.max_open_commands
         )
         await self.commands.start()
         if cfg.mqtt.enabled:  # before the device plane: mqtt.required fails fast (docs/mqtt.md)
@@ -152,6 +159,7 @@ class Gateway:
             readings_cursor=readings_cursors,
             events_cursor=events_cursors,
             command_days=cfg.store.command_days,
+            ledger_writer=self.ledger_writer,
             dead_letter_days=cfg.store.dead_letter_days,
         )
         self._housekeeping = asyncio.create_task(retain, name="retention")
@@ -194,6 +202,9 @@ class Gateway:
         if self.commands is not None:  # queued commands stay queued in the store
             await self.commands.stop()
             self.commands = None
+        if self.ledger_writer is not None:  # after the command service's last writes
+            await self.ledger_writer.stop()
+            self.ledger_writer = None
         if self.committer is not None:
             await self.committer.stop()
             self.committer = None

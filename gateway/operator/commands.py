@@ -5,9 +5,9 @@ A command's states, their rules and their SQL are the ledger's
 moves: it queues commands per device, sends them on the device's ready session, finishes
 them on the device's result, expires and times them out, and tells observers.
 
-Every state change is written to the ledger through the group committer's writer thread
-(``GroupCommitter.call``), all changes made in one loop turn in one transaction. ``sent`` is
-durable *before* the frame leaves, so a gateway crash never makes a command run twice:
+Every state change is written to the ledger file by its own writer thread
+(``gateway.store.ledger_writer.LedgerWriter``), all changes made in one loop turn in one
+transaction, which the loop usually waits for inline. ``sent`` is durable *before* the frame leaves, so a gateway crash never makes a command run twice:
 delivery is at most once, and a command that was ``sent`` when the gateway stopped is
 ``failed`` at the next start ("gateway restarted before the result arrived").
 
@@ -48,6 +48,7 @@ from iotgw_common.clock import now_ms
 from iotgw_common.protocol import Command, Hello, Result, printable
 
 if TYPE_CHECKING:
+    from gateway.store.ledger_writer import LedgerWriter
     from gateway.store.registry import DeviceRecord
     from gateway.store.writer import GroupCommitter
 
@@ -70,11 +71,14 @@ class CommandService:
     """Queues, delivers and tracks commands; ``await start()``, later ``await stop()``.
 
     Call everything from the gateway's event loop. ``clock`` returns ms (tests pass their own).
+    ``committer`` reads the open commands at start; ``ledger_writer`` (started before
+    ``start()``, stopped after ``stop()``) writes every change.
     """
 
     def __init__(
         self,
         committer: GroupCommitter,
+        ledger_writer: LedgerWriter,
         *,
         sweep_interval: float = 0.1,
         clock: Callable[[], int] = now_ms,
@@ -92,7 +96,7 @@ class CommandService:
         self._ready: dict[int, CommandSession] = {}  # device id -> session past welcome
         self._declared: dict[int, frozenset[str]] = {}  # device id -> commands of its live hello
         self._drains: dict[int, asyncio.Task[None]] = {}
-        self._writes = LedgerWrites(committer)
+        self._writes = LedgerWrites(ledger_writer)
         self._sweeper: asyncio.Task[None] | None = None
         self.finished: dict[str, int] = {state.value: 0 for state in FINAL_STATES}
         """Commands that reached each final state since start (for /metrics)."""

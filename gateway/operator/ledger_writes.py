@@ -2,43 +2,42 @@
 
 The service records a state change in memory at once and hands the ledger change
 (``gateway.store.ledger.Change``) to :class:`LedgerWrites`. Every change added during one
-turn of the event loop goes to the store in one ``ledger.write_changes`` transaction on the
-group committer's writer thread, so a burst of changes (many results arriving together, a
-sweep expiring many commands) costs one commit, and ``queued`` + ``sent`` of a command sent
-at once share one. The call is ``urgent``: its own short transaction as soon as the writer is
-free, not a place behind the readings gathering for the next group commit (docs/commands.md,
-"What is durable when").
+turn of the event loop goes to the ledger file in one ``ledger.write_changes`` transaction on
+the ledger's own writer thread (``gateway.store.ledger_writer.LedgerWriter``), so a burst of
+changes (many results arriving together, a sweep expiring many commands) costs one commit, and
+``queued`` + ``sent`` of a command sent at once share one. The loop waits for that commit a
+moment inline and usually goes on with it done (docs/commands.md, "What is durable when").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.store import ledger
+from iotgw_common.urgency import urgent_context
 
 if TYPE_CHECKING:
-    from gateway.store.writer import GroupCommitter
+    from gateway.store.ledger_writer import LedgerWriter
 
 log = logging.getLogger(__name__)
 
 
 class LedgerWrites:
-    """Batches ledger changes into committer calls. Use from the committer's event loop only.
+    """Batches ledger changes into ledger writes. Use from the ledger writer's event loop only.
 
     Each hop through the event loop (a ``call_soon``, a future's callback, a task waking up) waits
     for every callback already queued, a millisecond or more when the loop is busy; a command
     crosses this class twice. So a write starts at once when someone waits for it (``flush``),
-    and when it is stored the waiters and ``on_stored`` callbacks are told in the same callback,
-    not through a chain of futures.
+    the batch of a loop turn is written by an urgent callback, and when it is stored the waiters
+    and ``on_stored`` callbacks are told in the same callback (usually inline, within
+    ``LedgerWriter.write``), not through a chain of futures.
     """
 
-    def __init__(self, committer: GroupCommitter) -> None:
-        self._committer = committer
+    def __init__(self, ledger_writer: LedgerWriter) -> None:
+        self._ledger_writer = ledger_writer
         self._changes: list[ledger.Change] = []
         self._on_stored: list[Callable[[], None]] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -54,15 +53,15 @@ class LedgerWrites:
         """Queue ``change`` for the write at the end of this loop turn (or the next ``flush``).
 
         ``on_stored`` is called on the loop when that write is committed, and also when it failed
-        or the committer had stopped (logged; the service's state stays in memory): nothing
-        waits forever on it.
+        or the ledger writer had stopped (logged; the service's state stays in memory): nothing
+        waits forever on it. It may be called from within a later ``flush`` or write.
         """
         self._changes.append(change)
         if on_stored is not None:
             self._on_stored.append(on_stored)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._write)
+            asyncio.get_running_loop().call_soon(self._write, context=urgent_context())
 
     async def flush(self) -> None:
         """Write what was added so far now, and wait until it is stored (or its write failed).
@@ -85,7 +84,6 @@ class LedgerWrites:
         on_stored, self._on_stored = self._on_stored, []
         waiters, self._waiters = self._waiters, []
         self._in_flight += 1
-        loop = asyncio.get_running_loop()
         settled = False
 
         def settle(error: BaseException | None) -> None:  # on the loop, once
@@ -97,31 +95,11 @@ class LedgerWrites:
                 log.error("writing %d command changes failed: %s", len(changes), error)
             self._settled(waiters, on_stored)  # the state stays in memory; do not hang waiters
 
-        def write(conn: sqlite3.Connection) -> None:  # on the writer thread
-            error: BaseException | None = None
-            try:
-                ledger.write_changes(conn, changes)
-            except Exception as exc:
-                error = exc
-            # straight back to the loop: the committer's own future would take one more turn of
-            # the loop (its result set, then its callbacks scheduled) before anyone is told
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, error)
-            if error is not None:
-                raise error
-
         try:
-            written = self._committer.call(write, urgent=True)
-        except RuntimeError as exc:  # the committer has stopped: nothing more can be stored
+            self._ledger_writer.write(lambda conn: ledger.write_changes(conn, changes), settle)
+        except RuntimeError as exc:  # the ledger writer has stopped: nothing more can be stored
             log.error("command changes not stored: %s", exc)
             settle(None)
-            return
-
-        def fallback(done: asyncio.Future[None]) -> None:
-            # the write never ran (the committer stopped first) or its future was cancelled
-            settle(None if done.cancelled() else done.exception())
-
-        written.add_done_callback(fallback)
 
     def _settled(self, waiters: list[asyncio.Future[None]], on_stored: list[Callable[[], None]]) -> None:
         self._in_flight -= 1

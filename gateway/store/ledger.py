@@ -1,5 +1,10 @@
 """The command ledger: the ``commands`` and ``command_states`` tables, and a command's life.
 
+Both tables live in the ledger file beside the store (``schema.ledger_path``), attached as
+schema ``ledger`` to every store connection; the SQL here names them unqualified, so it runs
+on a store connection and on the ledger file's own (``schema.connect_ledger``) alike, except
+the reads, which join ``devices`` and need a store connection.
+
 Every command an operator gives a device has one ``commands`` row (its current state,
 ``sender``, ``args``, the device's result) and one ``command_states`` row per state change
 (state, time, detail). This module is the only one that reads or writes those two tables,
@@ -25,8 +30,9 @@ Two halves, both plain functions without asyncio:
   :func:`delete_device_commands` for ``device remove --purge``, and :func:`prune_final`
   for retention (``store.command_days``).
 
-Write functions run on the store's single writer (the group committer's thread, or the CLI
-with the gateway stopped); read functions take any connection.
+Write functions run on the ledger's writer (``gateway.store.ledger_writer.LedgerWriter``'s
+thread in a running gateway); :func:`delete_device_commands` runs in the device removal's
+transaction (the CLI). Read functions take any store connection.
 """
 
 from __future__ import annotations
@@ -259,7 +265,7 @@ _SELECT = (
 def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
     """Store ``changes`` in order, in one transaction: all of them or, on an error, none.
 
-    Call on the store's writer (``GroupCommitter.call``), outside a transaction.
+    Call on the ledger's writer (``LedgerWriter.write``), outside a transaction.
 
     Few statements, because each one hands the interpreter lock back and forth with a busy event
     loop (docs/performance.md, "Stalls, the collector, commands and checkpoints"): a command
@@ -327,7 +333,9 @@ def delete_device_commands(conn: sqlite3.Connection, device_id: int) -> int:
     """Delete every command of ``device_id`` and its history; the number of commands deleted.
 
     For ``device remove --purge``: call inside the caller's transaction, which also deletes
-    the device, so that the purge is all or nothing.
+    the device. That transaction spans the store file and the ledger file, and is all or
+    nothing in each file but not across them: a crash at its commit may leave the device
+    removed with its commands still logged (they show no device name; retention prunes them).
     """
     conn.execute(
         "DELETE FROM command_states WHERE command_id IN (SELECT id FROM commands WHERE device_id = ?)",
@@ -345,9 +353,11 @@ def prune_final(conn: sqlite3.Connection, before_ms: int, *, batch: int = PRUNE_
     ``before_ms``, with their state histories; returns how many commands went.
 
     Open commands (queued, sent) are never touched, however old. One short transaction: call it
-    on the store's writer (``GroupCommitter.call``) until it returns less than ``batch``.
+    on the ledger's writer (``LedgerWriter.call``) until it returns less than ``batch``.
     """
-    with transaction(conn):
+    # immediate: it reads before it writes, and another connection may write the ledger file
+    # between (the CLI's purge): a deferred transaction would then fail instead of waiting
+    with transaction(conn, immediate=True):
         ids = [
             row[0]
             for row in conn.execute(

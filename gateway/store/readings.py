@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.store.schema import connect
+from gateway.store.schema import connect, ledger_path
 from iotgw_common.protocol.messages import Sample
 
 T = TypeVar("T")
@@ -389,11 +389,13 @@ def events(
 
 
 def store_bytes(path: Path) -> int:
-    """Size of the store on disk: the database file plus its WAL and shared-memory files."""
+    """Size of the store on disk: the store file and the command ledger's file, each with its WAL
+    and shared-memory files."""
     total = 0
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(OSError):
-            total += (path.parent / (path.name + suffix)).stat().st_size
+    for file in (path, ledger_path(path)):
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += (file.parent / (file.name + suffix)).stat().st_size
     return total
 
 

@@ -138,6 +138,8 @@ def remove_device(conn: sqlite3.Connection, name: str, *, purge: bool = False) -
         delete_device_rows(conn, record.id)
         if purge:
             deleted = readings.delete_device(conn, record.id)
+            # in the ledger file (attached): this transaction is atomic in each file, not across the
+            # two; the store file commits first, so a crash in between leaves only commands behind
             ledger.delete_device_commands(conn, record.id)
     return deleted
 

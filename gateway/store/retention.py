@@ -9,8 +9,9 @@
 
 The policy lives here; the statements live with the tables' owners (``readings`` deletes
 rows, ``delivery`` knows how far each sink has got). The running gateway runs
-:func:`run_retention` as a task; each pass goes through the group committer
-(``GroupCommitter.call``), so it never writes beside the writer thread.
+:func:`run_retention` as a task; each pass goes through the writer of the file it prunes
+(``GroupCommitter.call`` for the store file, ``LedgerWriter.call`` for the command ledger's
+file), so it never writes beside a writer thread.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 from gateway.store import delivery, ledger, readings
 from gateway.store.db import transaction
+from gateway.store.ledger_writer import LedgerWriter
 from gateway.store.writer import GroupCommitter
 from iotgw_common.clock import now_ms
 
@@ -69,11 +71,11 @@ def _lowest(conn: sqlite3.Connection, cursors: Cursors) -> int:
     return min((delivery.cursor_position(conn, name) for name in names), default=readings.NO_LIMIT)
 
 
-async def prune_commands(committer: GroupCommitter, before_ms: int) -> int:
-    """Delete final commands last changed before ``before_ms``, a batch per writer call; the count."""
+async def prune_commands(ledger_writer: LedgerWriter, before_ms: int) -> int:
+    """Delete final commands last changed before ``before_ms``, a batch per ledger writer call; the count."""
     total = 0
     while True:
-        deleted = await committer.call(functools.partial(ledger.prune_final, before_ms=before_ms))
+        deleted = await ledger_writer.call(functools.partial(ledger.prune_final, before_ms=before_ms))
         total += deleted
         if deleted < ledger.PRUNE_BATCH:
             return total
@@ -86,6 +88,7 @@ async def run_retention(
     readings_cursor: Cursors = None,
     events_cursor: Cursors = None,
     command_days: float = 0.0,
+    ledger_writer: LedgerWriter | None = None,
     dead_letter_days: float = 0.0,
     every_s: float = RETENTION_EVERY_S,
 ) -> None:
@@ -93,11 +96,13 @@ async def run_retention(
 
     ``days`` (readings and events), ``command_days`` and ``dead_letter_days``: 0 or less keeps
     that kind for ever; returns at once when all three do. Pass the cursor names of the sinks
-    that are on, so their unsent rows stay. Run it as a task and cancel it before stopping the
-    committer.
+    that are on, so their unsent rows stay, and the ``ledger_writer`` when ``command_days`` is
+    set. Run it as a task and cancel it before stopping the committer and the ledger writer.
     """
     if days <= 0 and command_days <= 0 and dead_letter_days <= 0:
         return
+    if command_days > 0 and ledger_writer is None:
+        raise ValueError("pruning commands (command_days) needs the ledger writer")
     while True:
         now = now_ms()
         if days > 0:
@@ -111,7 +116,8 @@ async def run_retention(
             if deleted:
                 log.info("retention: deleted %d readings older than %g days", deleted, days)
         if command_days > 0:
-            pruned = await prune_commands(committer, now - int(command_days * _DAY_MS))
+            assert ledger_writer is not None
+            pruned = await prune_commands(ledger_writer, now - int(command_days * _DAY_MS))
             if pruned:
                 log.info("retention: deleted %d commands final for more than %g days", pruned, command_days)
         if dead_letter_days > 0:

@@ -140,10 +140,10 @@ class GroupCommitter:
 
         ``urgent``: run it as soon as the writer is free, before the frames queued for the next
         group commit and without waiting out ``min_commit_interval``: its own short transaction
-        instead of a place behind thousands of readings (the command ledger: a command's
-        ``sent`` and its result, docs/commands.md "What is durable when"). Only for writes
-        that need no frame submitted earlier to be stored first; they are ordered among
-        themselves.
+        instead of a place behind thousands of readings (the fleet's registry sync). Only for
+        writes that need no frame submitted earlier to be stored first; they are ordered among
+        themselves. (The command ledger has a file and a writer of its own,
+        ``ledger_writer.LedgerWriter``.)
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if urgent:

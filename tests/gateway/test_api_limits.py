@@ -425,6 +425,7 @@ def test_the_service_counts_open_commands_per_device_and_expires_by_timetable(tm
     from gateway import store
     from gateway.operator.commands import CommandService
     from gateway.store import registry
+    from gateway.store.ledger_writer import LedgerWriter
     from gateway.store.writer import GroupCommitter
 
     conn = store.connect(tmp_path / "store.db", synchronous="NORMAL")
@@ -433,10 +434,14 @@ def test_the_service_counts_open_commands_per_device_and_expires_by_timetable(tm
     clock = [1_764_000_000_000]
 
     async def main() -> None:
-        committer = GroupCommitter(store.connect(tmp_path / "store.db", synchronous="NORMAL"))
+        committer = GroupCommitter(
+            store.connect(tmp_path / "store.db", synchronous="NORMAL", ledger_writable=False)
+        )
         committer.start()
+        ledger_writer = LedgerWriter(tmp_path / "store.db", synchronous="NORMAL")
+        ledger_writer.start()
         service = CommandService(
-            committer, sweep_interval=3600, clock=lambda: clock[0], max_open_per_device=3
+            committer, ledger_writer, sweep_interval=3600, clock=lambda: clock[0], max_open_per_device=3
         )
         await service.start()
         try:
@@ -456,6 +461,7 @@ def test_the_service_counts_open_commands_per_device_and_expires_by_timetable(tm
             await service.submit(a, "ping", {}, sender="op", ttl_s=86_400)  # room again
         finally:
             await service.stop()
+            await ledger_writer.stop()
             await committer.stop()
             committer._conn.close()
 

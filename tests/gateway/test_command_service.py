@@ -1,7 +1,7 @@
 """The command service (gateway/operator/commands.py) in-process: no sockets, a real store.
 
-Each test drives a :class:`CommandService` through a real ``GroupCommitter`` on a temporary
-SQLite store, with a fake device session that records the frames it is asked to send, and a
+Each test drives a :class:`CommandService` through a real ``GroupCommitter`` and
+``LedgerWriter`` on a temporary SQLite store, with a fake device session that records the frames it is asked to send, and a
 clock the test moves by hand (the sweeper's own timer is set too long to fire; tests call
 ``sweep()``). After each step the store must hold what the service holds in memory.
 End to end, through the API and a device's connection: tests/gateway/test_commands.py.
@@ -24,6 +24,7 @@ from gateway import store
 from gateway.operator.commands import MAX_ARGS_BYTES, CommandError, CommandService, UnknownCommand
 from gateway.store import ledger, registry
 from gateway.store.ledger import CommandRecord
+from gateway.store.ledger_writer import LedgerWriter
 from gateway.store.registry import DeviceRecord
 from gateway.store.writer import GroupCommitter
 from iotgw_common.protocol import Command, Hello, Result
@@ -113,10 +114,14 @@ async def rig(path: Path, clock: Clock | None = None) -> AsyncIterator[Rig]:
     device = registry.find_by_name(conn, "dev")
     assert device is not None
     reader = store.connect(path / "store.db", synchronous="NORMAL")
-    committer = GroupCommitter(conn, min_commit_interval=0)
+    # as the gateway opens it: the ledger file read-only on the group committer's connection
+    committer_conn = store.connect(path / "store.db", synchronous="NORMAL", ledger_writable=False)
+    committer = GroupCommitter(committer_conn, min_commit_interval=0)
     committer.start()
+    ledger_writer = LedgerWriter(path / "store.db", synchronous="NORMAL")
+    ledger_writer.start()
     clock = clock or Clock()
-    service = CommandService(committer, sweep_interval=3600, clock=clock)
+    service = CommandService(committer, ledger_writer, sweep_interval=3600, clock=clock)
     r = Rig(path, service, clock, device, reader)
     service.state_observers.append(lambda rec: r.seen.append((rec.id, rec.state)))
     service.round_trip_observers.append(r.round_trips.append)
@@ -126,7 +131,9 @@ async def rig(path: Path, clock: Clock | None = None) -> AsyncIterator[Rig]:
         yield r
     finally:
         await service.stop()
+        await ledger_writer.stop()
         await committer.stop()
+        committer_conn.close()
         reader.close()
         conn.close()
 

@@ -1,12 +1,13 @@
 """The command ledger's write path (gateway/operator/ledger_writes.py) on a real store and
-group committer: what ``flush`` and ``on_stored`` promise, including a cancelled waiter and a
-stopped committer."""
+ledger writer: what ``flush`` and ``on_stored`` promise, including a cancelled waiter and a
+stopped writer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from gateway import store
 from gateway.operator.ledger_writes import LedgerWrites
 from gateway.store import ledger, registry
-from gateway.store.writer import GroupCommitter
+from gateway.store.ledger_writer import LedgerWriter
 
 T0 = 1_764_000_000_000
 
@@ -25,23 +26,24 @@ def _insert(device_id: int, n: int) -> tuple[str, ledger.Change]:
     return record.id, insert
 
 
-def _rig(path: Path) -> tuple[GroupCommitter, int, sqlite3.Connection]:
+def _rig(path: Path, inline_wait_s: float = 0.003) -> tuple[LedgerWriter, int, sqlite3.Connection]:
     conn = store.connect(path / "store.db", synchronous="NORMAL")
     registry.add_device(conn, "dev")
     found = registry.find_by_name(conn, "dev")
     assert found is not None
     device_id = found.id
-    committer = GroupCommitter(conn, min_commit_interval=0)
+    conn.close()
+    writer = LedgerWriter(path / "store.db", synchronous="NORMAL", inline_wait_s=inline_wait_s)
     reader = store.connect(path / "store.db", synchronous="NORMAL")
-    return committer, device_id, reader
+    return writer, device_id, reader
 
 
 def test_flush_stores_what_was_added_and_tells_each_on_stored_once_in_order(tmp_path: Path) -> None:
-    committer, device_id, reader = _rig(tmp_path)
+    writer, device_id, reader = _rig(tmp_path)
 
     async def main() -> None:
-        committer.start()
-        writes = LedgerWrites(committer)
+        writer.start()
+        writes = LedgerWrites(writer)
         told: list[int] = []
         ids = []
         for n in range(3):
@@ -54,17 +56,19 @@ def test_flush_stores_what_was_added_and_tells_each_on_stored_once_in_order(tmp_
         assert all(ledger.load_command(reader, i) is not None for i in ids)
         assert not writes.pending
         await writes.flush()  # nothing pending: returns at once
-        await committer.stop()
+        await writer.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_a_cancelled_waiter_does_not_cancel_the_write(tmp_path: Path) -> None:
-    committer, device_id, reader = _rig(tmp_path)
+    writer, device_id, reader = _rig(tmp_path, inline_wait_s=0)  # reported late, on the loop
 
     async def main() -> None:
-        committer.start()
-        writes = LedgerWrites(committer)
+        writer.start()
+        gate = threading.Event()
+        held = writer.call(lambda conn: gate.wait(10))  # the write below waits behind it
+        writes = LedgerWrites(writer)
         command_id, change = _insert(device_id, 1)
         told = asyncio.Event()
         writes.add(change, on_stored=told.set)
@@ -72,24 +76,28 @@ def test_a_cancelled_waiter_does_not_cancel_the_write(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         impatient.cancel()
         patient = asyncio.create_task(writes.flush())  # came while the write is in flight
+        await asyncio.sleep(0)
+        assert not told.is_set()
+        gate.set()
+        await held
         await asyncio.wait_for(told.wait(), 10)
         await asyncio.wait_for(patient, 10)
         assert impatient.cancelled()
         assert ledger.load_command(reader, command_id) is not None
-        await committer.stop()
+        await writer.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_a_stopped_committer_logs_and_nothing_waits_forever(
+def test_a_stopped_writer_logs_and_nothing_waits_forever(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    committer, device_id, _ = _rig(tmp_path)
+    writer, device_id, _ = _rig(tmp_path)
 
     async def main() -> None:
-        committer.start()
-        await committer.stop()
-        writes = LedgerWrites(committer)
+        writer.start()
+        await writer.stop()
+        writes = LedgerWrites(writer)
         told: list[str] = []
         _, change = _insert(device_id, 1)
         writes.add(change, on_stored=lambda: told.append("told"))

@@ -7,10 +7,13 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from gateway import store
 from gateway.store import delivery, ledger, readings, registry
 from gateway.store.db import transaction
 from gateway.store.ledger import CommandRecord, CommandState
+from gateway.store.ledger_writer import LedgerWriter
 from gateway.store.retention import delete_older_than, run_retention
 from gateway.store.writer import GroupCommitter
 from iotgw_common.clock import now_ms
@@ -136,10 +139,16 @@ def test_the_task_prunes_commands_and_letters_even_when_readings_are_kept(
         readings.insert_readings(conn, [(1, now - 400 * DAY, 0, "{}")])
 
     async def main() -> None:
-        committer = GroupCommitter(store.connect(path, synchronous="NORMAL"))
+        # as the gateway opens them: the committer's connection has the ledger file read-only,
+        # commands are pruned by the ledger's own writer
+        committer = GroupCommitter(store.connect(path, synchronous="NORMAL", ledger_writable=False))
         committer.start()
+        ledger_writer = LedgerWriter(path, synchronous="NORMAL")
+        ledger_writer.start()
         task = asyncio.create_task(
-            run_retention(committer, 0, command_days=30, dead_letter_days=30, every_s=3600)
+            run_retention(
+                committer, 0, command_days=30, ledger_writer=ledger_writer, dead_letter_days=30, every_s=3600
+            )
         )
         try:
             await async_wait_until(
@@ -152,9 +161,22 @@ def test_the_task_prunes_commands_and_letters_even_when_readings_are_kept(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            await ledger_writer.stop()
             await committer.stop()
             committer._conn.close()
 
     asyncio.run(main())
     assert ledger.load_command(conn, old.id) is None
     assert count(conn, "SELECT count(*) FROM readings") == 1  # retention_days 0: readings kept
+
+
+def test_pruning_commands_needs_the_ledger_writer(path: Path) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(store.connect(path, synchronous="NORMAL", ledger_writable=False))
+        try:
+            await run_retention(committer, 0, command_days=30)
+        finally:
+            committer._conn.close()
+
+    with pytest.raises(ValueError, match="ledger writer"):
+        asyncio.run(main())

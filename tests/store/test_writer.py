@@ -322,7 +322,7 @@ def test_bulk_json_path_and_executemany_fallback_store_identical_rows(
 def test_an_urgent_call_runs_before_the_queued_batch_and_its_linger(
     path: Path, conn: sqlite3.Connection
 ) -> None:
-    """The command ledger's path (docs/commands.md, "What is durable when"): an urgent call does
+    """The fleet's registry sync (gateway/fleet/registry_sync.py): an urgent call does
     not wait out ``min_commit_interval`` nor the commit of the frames queued before it; urgent
     calls keep their order; the frames are still committed and acknowledged after."""
     a = add(conn, "a")

@@ -1,0 +1,199 @@
+"""The command ledger's own writer: one thread, one connection to the ledger file.
+
+The ledger (``commands``, ``command_states``) is in a file of its own (``schema.ledger_path``)
+so that a command's durable writes (``sent`` before the frame leaves, the result before the
+HTTP answer) neither wait for a group commit of readings in progress nor share its writer
+thread. :meth:`LedgerWriter.write` queues a write and then waits for it *inline*, up to
+:data:`INLINE_WAIT_S`: a ledger transaction on a quiet disk takes well under a millisecond, so
+the event loop usually goes on at once with the write committed, without a hop through the
+loop's queue. A write that takes longer is reported later, by a callback the writer thread
+puts on the loop with an urgent context (``iotgw_common.urgency``).
+
+What is durable when is the store's ``synchronous`` level, the same for both files
+(docs/commands.md, "What is durable when"). The ledger file's WAL is checkpointed by the
+store's ``Checkpointer`` (a passive checkpoint covers every attached file), with SQLite's own
+automatic checkpoint on this connection as the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.store.schema import connect_ledger
+from iotgw_common.urgency import urgent_context
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+INLINE_WAIT_S = 0.003
+"""Seconds :meth:`LedgerWriter.write` blocks the event loop waiting for its write.
+
+On a quiet disk a ledger transaction takes ~0.1-0.5 ms (fsync included), so the loop usually
+continues with the write done and tells its waiters in the same turn: no hand-off to a thread
+and back, each of which waits behind the loop's queued callbacks (docs/performance.md). On a
+slow SD card's fsync the wait gives up quickly: the loop is blocked at most this long, and the
+writer thread reports the write on the loop when it is done."""
+
+
+class _Job:
+    """One queued write; ``lock`` decides which side reports it (see ``LedgerWriter.write``)."""
+
+    __slots__ = ("deliver", "done", "error", "finished", "fn", "lock", "result", "urgent", "waiting")
+
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], deliver: Callable[..., None], *, urgent: bool
+    ) -> None:
+        self.fn = fn
+        self.deliver = deliver  # deliver(result, error), on the loop
+        self.urgent = urgent
+        self.waiting = urgent  # the loop thread waits inline and delivers itself if it finished
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+
+class LedgerWriter:
+    """The ledger file's single writer in a running gateway.
+
+    Create with the *store's* path (the ledger file is ``schema.ledger_path(path)``; open the
+    store with ``schema.connect`` first, which creates and migrates it), ``start()`` on the event
+    loop, ``write``/``call`` from that loop only, ``await stop()`` at shutdown (it finishes what
+    is queued). Writes run one at a time, in the order they were queued.
+    """
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", inline_wait_s: float = INLINE_WAIT_S
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.inline_wait_s = inline_wait_s
+        self.inline = 0
+        """Writes reported inline by ``write`` (finished within ``inline_wait_s``)."""
+        self.late = 0
+        """Writes reported later on the loop by the writer thread."""
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Open the ledger file and start the writer thread; call on the loop that will write."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._conn = connect_ledger(self.path, synchronous=self.synchronous)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="iotgw-ledger-writer", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Run what is queued, then end the thread and close the file. Safe to call twice."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def write(
+        self, fn: Callable[[sqlite3.Connection], object], on_done: Callable[[BaseException | None], None]
+    ) -> None:
+        """Run ``fn(conn)`` on the writer thread; ``on_done(error)`` is called once, on the loop.
+
+        ``fn`` manages its own transaction (the connection is in autocommit mode, like
+        ``ledger.write_changes``). This blocks up to ``inline_wait_s`` for it: if it finished by
+        then, ``on_done`` is called before ``write`` returns; if not, the writer thread calls it
+        on the loop when ``fn`` returns, with an urgent context. ``error`` is what ``fn`` raised
+        (also logged), or None. Raises RuntimeError if the writer is not running.
+        """
+
+        def deliver(result: object, error: BaseException | None) -> None:
+            on_done(error)
+
+        job = _Job(fn, deliver, urgent=True)
+        self._put(job)
+        job.done.wait(self.inline_wait_s)
+        with job.lock:
+            if not job.finished:  # the thread sees waiting False when it finishes: it reports
+                job.waiting = False
+                return
+        self.inline += 1
+        try:
+            on_done(job.error)
+        except Exception:  # as the loop would do with a callback's exception: log, go on
+            log.exception("a ledger write's callback failed")
+
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``fn(conn)`` on the writer thread; await its result (or its exception). No inline wait.
+
+        For work that is not urgent (retention's pruning): it runs between the command writes.
+        Raises RuntimeError if the writer is not running.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        self._put(_Job(fn, deliver, urgent=False))
+        return future
+
+    def _put(self, job: _Job) -> None:
+        with self._cond:
+            if self._thread is None or self._stopping:
+                raise RuntimeError("the ledger writer is not running")
+            self._queue.append(job)
+            self._cond.notify()
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn, loop = self._conn, self._loop
+        assert conn is not None and loop is not None
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._stopping:
+                    cond.wait()
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = job.fn(conn)
+            except Exception as exc:  # reported to the caller; the writer goes on with the next
+                error = exc
+                log.error("ledger write failed: %s", exc)
+            with job.lock:
+                job.result, job.error, job.finished = result, error, True
+                report = not job.waiting
+            job.done.set()
+            if report:  # the loop stopped waiting (or never did): it is ours to report
+                self.late += 1
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to tell
+                    context = urgent_context() if job.urgent else None
+                    loop.call_soon_threadsafe(job.deliver, result, error, context=context)
+
+
+__all__ = ["INLINE_WAIT_S", "LedgerWriter"]
