@@ -65,6 +65,15 @@ def _listen(host: str, port: int, family: socket.AddressFamily) -> socket.socket
     return sock
 
 
+def _build_route_tables(app: FastAPI) -> None:
+    """Have FastAPI build its route tables now: it does so on the first request that needs them
+    (tens of milliseconds on a busy gateway), which would be the first operator's command."""
+    for method, path in (("GET", "/"), ("POST", "/api/v1/devices/-/commands")):
+        scope: dict[str, Any] = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+        for route in app.router.routes:
+            route.matches(scope)
+
+
 class ApiServer:
     """``await start()`` serves ``app`` on host:port; ``await stop()``; ``port`` is the bound one.
 
@@ -140,6 +149,7 @@ class ApiServer:
                 self._task.result()  # raises what made uvicorn fail
                 raise RuntimeError("the operator API did not start")
             await asyncio.sleep(0.005)
+        _build_route_tables(self.app)
 
     async def stop(self) -> None:
         """Stop accepting, let requests finish (``GRACE_S``), close; safe twice."""
