@@ -17,20 +17,31 @@ What is urgent is said with contexts, as asyncio already carries one with every 
 * reads of a transport marked with :func:`set_transport_urgent` (a device connection while a
   command waits for its result).
 
+A socket is only seen readable at the loop's next ``select``, after the rest of the current
+turn (up to a few milliseconds on a busy gateway): the urgent sockets (those above) are also
+watched by a second selector, looked at without waiting between the callbacks of a long turn
+(every :data:`POLL_EVERY` callbacks, at most every :data:`POLL_INTERVAL_S`), and one that is
+readable is read next. Its read may then run once more at the next ``select`` and find nothing,
+which asyncio's transports take in their stride.
+
 Urgent work must stay small and bounded (the command plane is, by its quotas): urgent callbacks
 can delay everything else but never reorder it.
 
-This reaches into CPython's ``BaseEventLoop`` (``_call_soon``, ``_add_callback``, ``_ready``):
-:func:`lane_works` checks it on the running interpreter, and the gateway's tests fail if it
-does not, so a Python upgrade that changes them is noticed, not silently slower.
+This reaches into CPython's ``BaseSelectorEventLoop`` (``_call_soon``, ``_add_callback``,
+``_ready``, ``_add_reader``, ``_remove_reader``, ``_process_events``, ``_selector``):
+:func:`lane_works` checks the lane on the running interpreter, and the gateway's tests fail if
+it does not, so a Python upgrade that changes them is noticed, not silently slower.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
+import selectors
 import threading
+import time
 from asyncio import events
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +77,13 @@ def urgent_context() -> contextvars.Context:
     return context
 
 
+POLL_EVERY = 4
+"""Ordinary callbacks between two looks at the urgent sockets within one loop turn."""
+POLL_INTERVAL_S = 0.0003
+"""At most one look per this many seconds (each is an ``epoll_wait`` with no timeout)."""
+_MAX_POLLS = 64
+
+
 def _is_urgent(context: contextvars.Context) -> bool:
     urgency = context.get(URGENCY)
     return urgency is not None and urgency.on
@@ -83,15 +101,85 @@ class UrgentFirstLoop(asyncio.SelectorEventLoop):
         self._urgent_queued: collections.deque[events.Handle] = collections.deque()
         self._urgent_lock = threading.Lock()
         self._urgent_transports: set[asyncio.BaseTransport] = set()
+        self._urgent_selector = selectors.DefaultSelector()
+        self._urgent_fds: set[int] = set()
+        self._last_poll = 0.0
+        self._poller = events.Handle(self._poll_urgent, (), self, None)
         self.urgent_callbacks = 0
         """Callbacks that went to the front (for tests and the bench)."""
 
     def set_transport_urgent(self, transport: asyncio.BaseTransport, on: bool) -> None:
         """While ``on``, the callback that reads ``transport`` when it is readable is urgent."""
+        sock = transport.get_extra_info("socket")
+        fd = -1 if sock is None else sock.fileno()
         if on:
             self._urgent_transports.add(transport)
+            if fd >= 0:
+                self._watch(fd)
         else:
             self._urgent_transports.discard(transport)
+            if fd >= 0:
+                self._unwatch(fd)
+
+    def close(self) -> None:
+        super().close()
+        self._urgent_selector.close()
+
+    # -- urgent sockets, looked at between callbacks ------------------------------------
+
+    def _watch(self, fd: int) -> None:
+        if fd not in self._urgent_fds:
+            try:
+                self._urgent_selector.register(fd, selectors.EVENT_READ)
+            except (KeyError, ValueError, OSError):
+                return
+            self._urgent_fds.add(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        if fd in self._urgent_fds:
+            self._urgent_fds.discard(fd)
+            with contextlib.suppress(KeyError, ValueError, OSError):  # closed meanwhile
+                self._urgent_selector.unregister(fd)
+
+    def _add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> events.Handle:
+        handle: events.Handle = super()._add_reader(fd, callback, *args)  # type: ignore[misc]
+        if _is_urgent(handle._context):  # type: ignore[attr-defined]
+            self._watch(fd if isinstance(fd, int) else fd.fileno())
+        return handle
+
+    def _remove_reader(self, fd: Any) -> bool:
+        self._unwatch(fd if isinstance(fd, int) else fd.fileno())
+        removed: bool = super()._remove_reader(fd)  # type: ignore[misc]
+        return removed
+
+    def _process_events(self, event_list: Any) -> None:
+        super()._process_events(event_list)  # type: ignore[misc]
+        ready: collections.deque[events.Handle] = self._ready  # type: ignore[attr-defined]
+        if not self._urgent_fds or len(ready) <= POLL_EVERY:
+            return
+        # a socket that becomes readable during this turn would wait for the next select():
+        # look at the urgent ones between the callbacks of this turn
+        step = max(POLL_EVERY, len(ready) // _MAX_POLLS)
+        handles = list(ready)
+        ready.clear()
+        first = len(self._urgent_queued) + step
+        for i, handle in enumerate(handles):
+            if i >= first and (i - first) % step == 0:
+                ready.append(self._poller)
+            ready.append(handle)
+
+    def _poll_urgent(self) -> None:
+        now = time.monotonic()
+        if now - self._last_poll < POLL_INTERVAL_S:
+            return
+        self._last_poll = now
+        for key, _ in self._urgent_selector.select(0):
+            try:
+                reader = self._selector.get_key(key.fd).data[0]  # type: ignore[attr-defined]
+            except (KeyError, ValueError):
+                continue
+            if reader is not None and not reader._cancelled:
+                self._put_first(reader)
 
     # -- BaseEventLoop internals (CPython 3.11-3.13) ------------------------------------
 

@@ -7,9 +7,10 @@ them on the device's result, expires and times them out, and tells observers.
 
 Every state change is written to the ledger file by its own writer thread
 (``gateway.store.ledger_writer.LedgerWriter``), all changes made in one loop turn in one
-transaction, which the loop usually waits for inline. ``sent`` is durable *before* the frame leaves, so a gateway crash never makes a command run twice:
-delivery is at most once, and a command that was ``sent`` when the gateway stopped is
-``failed`` at the next start ("gateway restarted before the result arrived").
+transaction, which the loop usually waits for inline. ``sent`` is durable *before* the frame
+leaves, so a gateway crash never makes a command run twice: delivery is at most once, and a
+command that was ``sent`` when the gateway stopped is ``failed`` at the next start ("gateway
+restarted before the result arrived").
 
 The device plane calls the session hooks (``session_ready`` after ``welcome``,
 ``result_received``, ``session_closed``); a queued command goes out on the next ready

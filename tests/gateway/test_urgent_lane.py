@@ -252,3 +252,40 @@ def test_on_a_plain_loop_everything_keeps_asyncio_order() -> None:
 
     asyncio.run(main())
     assert order == ["queued", "urgent"]
+
+
+def test_an_urgent_socket_that_becomes_readable_mid_turn_is_read_before_the_rest_of_the_turn() -> None:
+    order: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, UrgentFirstLoop)
+        ours, theirs = socket.socketpair()
+        reader: _Reader
+        _, reader = await loop.create_connection(lambda: _Reader("urgent read", order), sock=ours)
+        assert reader.transport is not None
+        loop.set_transport_urgent(reader.transport, True)
+        done = loop.create_future()
+
+        def ordinary(i: int) -> None:
+            order.append(f"ordinary-{i}")
+            if i == 0:  # the peer writes while this turn's callbacks run
+                theirs.send(b"x")
+            time.sleep(0.002)  # each callback takes a while, as a busy turn's do
+
+        def queue_a_turn() -> None:  # many callbacks ready at once: one long turn
+            for i in range(40):
+                loop.call_soon(ordinary, i)
+            loop.call_soon(lambda: loop.call_soon(done.set_result, None))
+
+        loop.call_soon(queue_a_turn)
+        await done
+        fd = ours.fileno()
+        assert fd in loop._urgent_fds
+        reader.transport.close()  # a closed socket is no longer looked at
+        assert fd not in loop._urgent_fds
+        theirs.close()
+
+    run(main)
+    assert order.index("urgent read") < order.index("ordinary-39")  # not after the whole turn
+    assert order.index("urgent read") > order.index("ordinary-0")  # it was not readable before

@@ -69,7 +69,13 @@ def _build_route_tables(app: FastAPI) -> None:
     """Have FastAPI build its route tables now: it does so on the first request that needs them
     (tens of milliseconds on a busy gateway), which would be the first operator's command."""
     for method, path in (("GET", "/"), ("POST", "/api/v1/devices/-/commands")):
-        scope: dict[str, Any] = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": "",
+            "headers": [],
+        }
         for route in app.router.routes:
             route.matches(scope)
 
