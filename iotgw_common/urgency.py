@@ -79,7 +79,7 @@ def urgent_context() -> contextvars.Context:
 
 POLL_EVERY = 4
 """Ordinary callbacks between two looks at the urgent sockets within one loop turn."""
-POLL_INTERVAL_S = 0.0003
+POLL_INTERVAL_S = 0.001
 """At most one look per this many seconds (each is an ``epoll_wait`` with no timeout)."""
 _MAX_POLLS = 64
 
