@@ -227,6 +227,11 @@ class GatewayMetrics:
         self.http_seconds = Histogram(
             "iotgw_http_request_seconds", "HTTP API request duration", ["route"], registry=self.registry
         )
+        self.command_fast_path = Counter(
+            "iotgw_http_command_fast_path",
+            "Command requests answered by the command fast path; the others of the route went through FastAPI",
+            registry=self.registry,
+        )
         self.command_round_trip = Histogram(
             "iotgw_command_round_trip_seconds",
             "From a command's sent to its result arriving",

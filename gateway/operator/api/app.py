@@ -12,14 +12,16 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.operator.api import live
+from gateway.operator.api.command_fast_path import CommandFastPath
 from gateway.operator.api.context import ApiContext
 from gateway.operator.api.limits import BodyLimits, LimitExceeded
 from gateway.operator.api.request_metrics import RequestMetrics
-from gateway.operator.api.routes import API, public, router
+from gateway.operator.api.routes import API, public, router, send_command
 from gateway.operator.api.schemas import ErrorOut
 
 OPENAPI_PATH = f"{API}/openapi.json"
@@ -58,8 +60,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         detail = f"invalid request: {where}: {first.get('msg', 'invalid')}" if first else "invalid request"
         return JSONResponse(ErrorOut(detail=detail, errors=errors).model_dump(exclude_none=True), 422)
 
-    # Added before the counting middleware, so it runs inside it: its refusals are counted too.
+    # Each middleware added runs inside those added after it: the body limits guard what the
+    # command fast path reads, and the counting middleware counts every answer of both.
+    app.add_middleware(CommandFastPath, ctx=ctx, route=_route_of(send_command))
     app.add_middleware(BodyLimits, ctx=ctx)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
 
     return app
+
+
+def _route_of(endpoint: object) -> APIRoute:
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)

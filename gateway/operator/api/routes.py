@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from gateway import __version__
 from gateway.integrations.influx.lineprotocol import check_label
 from gateway.integrations.influx.sink import NAME as INFLUX
 from gateway.integrations.mqtt.sink import NAME as MQTT
 from gateway.operator.api.auth import Controller, Reader
+from gateway.operator.api.command_answer import command_out, send_and_answer
 from gateway.operator.api.context import ApiContext, context
 from gateway.operator.api.schemas import (
     NAME_PATTERN,
@@ -34,7 +34,7 @@ from gateway.operator.api.schemas import (
     PointOut,
     StatusOut,
 )
-from gateway.operator.command_rules import CommandError, TooManyOpenCommands, UnknownCommand
+from gateway.operator.command_rules import CommandError, UnknownCommand
 from gateway.operator.metrics import CONTENT_TYPE
 from gateway.store import delivery, ledger, registry
 from gateway.store import readings as history
@@ -45,8 +45,6 @@ from iotgw_common.protocol.messages import MAX_SEQ
 
 API = "/api/v1"
 HOUR_MS = 3_600_000
-SWEEP_GRACE_S = 0.25
-"""Extra wait past a sent command's deadline for the sweeper to mark it failed."""
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -101,27 +99,6 @@ def _device_out(ctx: ApiContext, d: DeviceRecord) -> DeviceOut:
             "stream": d.stream,
             "last_seq": d.last_seq,
             "created_ms": d.created_ms,
-        }
-    )
-
-
-def _command_out(record: CommandRecord) -> CommandOut:
-    return CommandOut.model_validate(
-        {
-            "id": record.id,
-            "device": record.device,
-            "name": record.name,
-            "args": record.args,
-            "state": record.state,
-            "sender": record.sender,
-            "created_ms": record.created_ms,
-            "expires_ms": record.expires_ms,
-            "timeout": record.timeout_ms / 1000,
-            "deadline_ms": record.deadline_ms,
-            "updated_ms": record.updated_ms,
-            "value": record.value,
-            "error": record.error,
-            "history": [{"state": c.state, "ts": c.ts_ms, "detail": c.detail} for c in record.history],
         }
     )
 
@@ -359,34 +336,22 @@ async def events(
     },
     tags=["commands"],
 )
-async def send_command(
-    request: Request, response: Response, name: DeviceName, body: CommandIn, operator: Controller
-) -> CommandOut | JSONResponse:
+async def send_command(request: Request, name: DeviceName, body: CommandIn, operator: Controller) -> Response:
     """Send a command; with ``wait`` (default) answer 200 once it is final, or 202 after ``timeout``."""
+    # Well-formed requests of a control operator for a known device are answered before they get
+    # here, by the command fast path (command_fast_path.py) with the same send_and_answer.
     ctx = context(request)
     record = await _device(ctx, name)
-    try:
-        command = await ctx.commands.submit(
-            record, body.name, body.args, sender=operator.name, timeout_s=body.timeout, ttl_s=body.ttl
-        )
-    except TooManyOpenCommands as exc:
-        return JSONResponse(ErrorOut(detail=exc.detail, code=exc.code).model_dump(exclude_none=True), 429)
-    except CommandError as exc:
-        return JSONResponse(
-            ErrorOut(detail=exc.detail, declared=exc.declared).model_dump(exclude_none=True), 422
-        )
-    if body.wait and not command.final:
-        budget = ctx.settings.max_wait
-        started = time.monotonic()
-        command = await ctx.commands.wait(command.id, min(body.timeout, budget)) or command
-        if command.state == "sent":  # sent late in the wait: its deadline (sent + timeout) decides
-            left = (command.deadline_ms - now_ms()) / 1000 + SWEEP_GRACE_S
-            left = min(left, budget - (time.monotonic() - started))
-            if left > 0:
-                command = await ctx.commands.wait(command.id, left) or command
-    response.headers["Location"] = f"{API}/commands/{command.id}"
-    response.status_code = 200 if command.final else 202
-    return _command_out(command)
+    return await send_and_answer(
+        ctx,
+        record,
+        body.name,
+        body.args,
+        sender=operator.name,
+        timeout_s=body.timeout,
+        ttl_s=body.ttl,
+        wait=body.wait,
+    )
 
 
 @router.get("/devices/{name}/commands", response_model=CommandsOut, responses=READ_ERRORS, tags=["commands"])
@@ -402,7 +367,7 @@ async def device_commands(
     record = await _device(ctx, name)
     rows = await ctx.reads.run(lambda conn: ledger.list_commands(conn, record.id, limit=limit, state=state))
     merged = [ctx.commands.get(r.id) or r for r in rows]
-    return CommandsOut(device=name, commands=[_command_out(r) for r in merged])
+    return CommandsOut(device=name, commands=[command_out(r) for r in merged])
 
 
 async def _command(ctx: ApiContext, command_id: str) -> CommandRecord:
@@ -430,7 +395,7 @@ async def get_command(
     record = await _command(ctx, command_id)
     if wait > 0 and not record.final:
         record = await ctx.commands.wait(command_id, min(wait, ctx.settings.max_wait)) or record
-    return _command_out(record)
+    return command_out(record)
 
 
 @router.delete(
@@ -443,7 +408,7 @@ async def cancel_command(request: Request, command_id: CommandId, operator: Cont
     """Cancel a queued command: it becomes failed, "cancelled by NAME". A sent one cannot be recalled."""
     ctx = context(request)
     try:
-        return _command_out(await ctx.commands.cancel(command_id, operator.name))
+        return command_out(await ctx.commands.cancel(command_id, operator.name))
     except UnknownCommand:
         record = await _command(ctx, command_id)  # 404 if unknown
         raise HTTPException(
