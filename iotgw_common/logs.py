@@ -6,20 +6,26 @@ plain format omits timestamps, since journald adds its own. Standard library onl
 
 A server passes ``background=True``: records are handed to a queue and formatted and written
 by one thread, so a log line never blocks the event loop on a slow pipe or a file write
-waiting behind the store's fsync (docs/performance.md, "Event-loop stalls"). The thread
-writes what is queued before the process exits normally; a SIGKILL loses at most the lines of
-the last milliseconds.
+waiting behind the store's fsync (docs/performance.md, "Event-loop stalls"). That thread
+wakes for the first record of a burst, then gathers for :data:`BATCH_S` before it writes, not
+once per record: each wake-up takes the interpreter lock from the event loop for a moment, and
+a command's two log lines cost its round trip ~0.3 ms that way (docs/performance.md, "Commands:
+a fast path"). A WARNING or worse is written at once. The thread writes what is queued before
+the process exits normally; a SIGKILL loses at most the lines of the last :data:`BATCH_S`.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
 import os
-import queue
 import sys
-from logging.handlers import QueueHandler, QueueListener
+import threading
+
+BATCH_S = 0.05
+"""How long the log thread gathers records after the first of a burst before writing them."""
 
 
 class _JsonFormatter(logging.Formatter):
@@ -35,14 +41,63 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class _ToWriterThread(QueueHandler):
+class _WriterThread:
+    """Writes records handed over by :class:`_ToWriterThread` with ``handler``, from its own thread."""
+
+    def __init__(self, handler: logging.Handler, batch_s: float = BATCH_S) -> None:
+        self.handler = handler
+        self.batch_s = batch_s
+        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        self._pending = threading.Event()  # a record is queued
+        self._urgent = threading.Event()  # a WARNING or worse is queued, or stopping
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="iotgw-log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, record: logging.LogRecord) -> None:
+        """Queue ``record``; from any thread. Wakes the writer only if it is not awake already."""
+        self._records.append(record)
+        if record.levelno >= logging.WARNING:
+            self._urgent.set()
+        if not self._pending.is_set():
+            self._pending.set()
+
+    def stop(self) -> None:
+        """Write everything queued, then end the thread."""
+        self._stopping = True
+        self._urgent.set()
+        self._pending.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            self._urgent.wait(self.batch_s)  # gather the rest of the burst
+            self._pending.clear()
+            self._urgent.clear()
+            while self._records:
+                self.handler.handle(self._records.popleft())
+            if self._stopping:
+                return
+
+
+class _ToWriterThread(logging.Handler):
     """Renders the message where it is logged (its arguments may change later); the time,
     level, format and any traceback are rendered on the writer thread."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record.msg = record.getMessage()
-        record.args = None
-        return record
+    def __init__(self, writer: _WriterThread) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg = record.getMessage()
+            record.args = None
+            self.writer.put(record)
+        except Exception:
+            self.handleError(record)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "plain", *, background: bool = False) -> None:
@@ -56,11 +111,10 @@ def setup_logging(level: str = "INFO", fmt: str = "plain", *, background: bool =
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     if background:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        listener = QueueListener(records, handler)
-        listener.start()
-        atexit.register(listener.stop)
-        handler = _ToWriterThread(records)
+        writer = _WriterThread(handler)
+        writer.start()
+        atexit.register(writer.stop)
+        handler = _ToWriterThread(writer)
     root.handlers[:] = [handler]
     root.setLevel(level)
     # websockets logs every refused handshake at INFO; ours are logged with reasons.

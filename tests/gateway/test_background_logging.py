@@ -58,3 +58,29 @@ def test_json_lines_keep_the_exception_as_its_own_field() -> None:
     failed = next(e for e in entries if e["message"] == "it failed")
     assert failed["level"] == "ERROR" and "ValueError: boom" in failed["exception"]
     assert entries[-1]["message"] == "last line"
+
+
+def test_a_lone_line_is_written_while_the_process_goes_on() -> None:
+    """The writer thread gathers a burst before writing it, but does not wait for more lines (or
+    the exit) to write what it has: an INFO line shows up while the process still runs."""
+    script = textwrap.dedent(
+        """
+        import logging, time
+        from iotgw_common.logs import setup_logging
+
+        setup_logging("INFO", "plain", background=True)
+        logging.getLogger("t").info("alone")
+        time.sleep(120)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=repo_env()
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # blocks until the line is written (or the process ends)
+        assert line.rstrip().endswith("INFO t: alone"), line
+        assert process.poll() is None, "the line only came with the exit"
+    finally:
+        process.kill()
+        process.wait(10)
