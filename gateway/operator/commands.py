@@ -5,9 +5,9 @@ A command's states, their rules and their SQL are the ledger's
 moves: it queues commands per device, sends them on the device's ready session, finishes
 them on the device's result, expires and times them out, and tells observers.
 
-Every state change is written to the ledger file by its own writer thread
+Every state change is written to the ledger file by its own writer
 (``gateway.store.ledger_writer.LedgerWriter``), all changes made in one loop turn in one
-transaction, which the loop usually waits for inline. ``sent`` is durable *before* the frame
+transaction, which the loop usually waits for inline (or runs itself). ``sent`` is durable *before* the frame
 leaves, so a gateway crash never makes a command run twice: delivery is at most once, and a
 command that was ``sent`` when the gateway stopped is ``failed`` at the next start ("gateway
 restarted before the result arrived").

@@ -2,11 +2,12 @@
 
 The service records a state change in memory at once and hands the ledger change
 (``gateway.store.ledger.Change``) to :class:`LedgerWrites`. Every change added during one
-turn of the event loop goes to the ledger file in one ``ledger.write_changes`` transaction on
-the ledger's own writer thread (``gateway.store.ledger_writer.LedgerWriter``), so a burst of
+turn of the event loop goes to the ledger file in one ``ledger.write_changes`` transaction by
+the ledger's own writer (``gateway.store.ledger_writer.LedgerWriter``), so a burst of
 changes (many results arriving together, a sweep expiring many commands) costs one commit, and
-``queued`` + ``sent`` of a command sent at once share one. The loop waits for that commit a
-moment inline and usually goes on with it done (docs/commands.md, "What is durable when").
+``queued`` + ``sent`` of a command sent at once share one. The write usually runs on the loop's
+thread (the writer idle) or is waited for a moment inline, and the loop goes on with it done
+(docs/commands.md, "What is durable when").
 """
 
 from __future__ import annotations

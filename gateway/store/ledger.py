@@ -30,8 +30,8 @@ Two halves, both plain functions without asyncio:
   :func:`delete_device_commands` for ``device remove --purge``, and :func:`prune_final`
   for retention (``store.command_days``).
 
-Write functions run on the ledger's writer (``gateway.store.ledger_writer.LedgerWriter``'s
-thread in a running gateway); :func:`delete_device_commands` runs in the device removal's
+Write functions run on the ledger's writer (``gateway.store.ledger_writer.LedgerWriter``, on
+its thread or the event loop's in a running gateway); :func:`delete_device_commands` runs in the device removal's
 transaction (the CLI). Read functions take any store connection.
 """
 

@@ -1,5 +1,6 @@
-"""The command ledger's writer thread (gateway/store/ledger_writer.py) on a real ledger file: the
-inline wait, the late report on the loop, errors, stop."""
+"""The command ledger's writer (gateway/store/ledger_writer.py) on a real ledger file: writes on
+the loop's thread while the writer is idle, the writer thread's inline wait and late report,
+the way back from a slow disk, errors, stop."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.store import ledger, registry
-from gateway.store.ledger_writer import INLINE_WAIT_S, LedgerWriter
+from gateway.store.ledger_writer import FAST_WRITES, INLINE_WAIT_S, LedgerWriter
 from iotgw_common.urgency import URGENCY, UrgentFirstLoop
 from tests.support.waiting import async_wait_until
 
@@ -50,7 +51,7 @@ async def loop_turn() -> None:
 
 def test_a_fast_write_is_reported_before_write_returns(store_path: Path, conn: sqlite3.Connection) -> None:
     async def main() -> None:
-        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=5.0)  # never late here
+        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=5.0, direct=False)  # never late
         writer.start()
         try:
             command_id, change = insert(1)
@@ -65,9 +66,87 @@ def test_a_fast_write_is_reported_before_write_returns(store_path: Path, conn: s
     run(main())
 
 
-def test_a_slow_write_is_reported_once_later_on_the_loop_and_urgently(store_path: Path) -> None:
+def test_a_write_with_the_writer_idle_runs_on_the_loops_own_thread(
+    store_path: Path, conn: sqlite3.Connection
+) -> None:
+    async def main() -> None:
+        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=5.0)
+        writer.start()
+        try:
+            command_id, change = insert(1)
+            ran_on: list[int] = []
+            told: list[BaseException | None] = []
+
+            def write(c: sqlite3.Connection) -> None:
+                ran_on.append(threading.get_ident())
+                ledger.write_changes(c, [change])
+
+            writer.write(write, told.append)
+            assert told == [None] and ran_on == [threading.get_ident()]
+            assert ledger.load_command(conn, command_id) is not None
+            assert (writer.direct_writes, writer.inline, writer.late) == (1, 1, 0)
+        finally:
+            await writer.stop()
+
+    run(main())
+
+
+def test_a_write_behind_queued_work_waits_its_turn_on_the_writer_thread(store_path: Path) -> None:
     async def main() -> None:
         writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0.001)
+        writer.start()
+        order: list[tuple[str, int]] = []
+        release = threading.Event()
+        told: list[BaseException | None] = []
+        try:
+
+            def pruning(c: sqlite3.Connection) -> None:
+                release.wait(10)
+                order.append(("call", threading.get_ident()))
+
+            called = writer.call(pruning)
+            writer.write(lambda c: order.append(("write", threading.get_ident())), told.append)
+            assert order == [] and told == []  # not run here, ahead of the call
+            release.set()
+            await called
+            await async_wait_until(lambda: told, what="the write's report")
+        finally:
+            await writer.stop()
+        assert [what for what, _ in order] == ["call", "write"]
+        assert threading.get_ident() not in {thread for _, thread in order}
+        assert writer.direct_writes == 0
+
+    run(main())
+
+
+def test_after_a_slow_write_writes_go_to_the_thread_until_they_are_quick_again(store_path: Path) -> None:
+    async def main() -> None:
+        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0.05)
+        writer.start()
+        here = threading.get_ident()
+        ran_on: list[int] = []
+        told: list[BaseException | None] = []
+        try:
+            writer.write(lambda c: (ran_on.append(threading.get_ident()), time.sleep(0.1)), told.append)
+            assert ran_on == [here] and told == [None]  # slow, but it ran here: the disk looked quick
+            for issued in range(2, 50 * FAST_WRITES):  # quick ones, unless the machine is very busy
+                writer.write(lambda c: ran_on.append(threading.get_ident()), told.append)
+                await async_wait_until(lambda n=issued: len(told) == n, what="the write's report")
+                if ran_on[-1] == here:
+                    break
+        finally:
+            await writer.stop()
+        assert ran_on[-1] == here, "quick writes on the thread did not bring the direct writes back"
+        on_the_thread = ran_on[1:-1]
+        assert here not in on_the_thread and len(on_the_thread) >= FAST_WRITES
+        assert told == [None] * len(ran_on)
+
+    run(main())
+
+
+def test_a_slow_write_is_reported_once_later_on_the_loop_and_urgently(store_path: Path) -> None:
+    async def main() -> None:
+        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0.001, direct=False)
         writer.start()
         loop_thread = threading.get_ident()
         told: list[tuple[BaseException | None, int, bool]] = []
@@ -98,7 +177,7 @@ def test_each_write_is_reported_exactly_once_when_the_wait_ends_as_the_write_doe
     """Writes as long as the inline wait: the race between giving up and finishing, many times."""
 
     async def main() -> None:
-        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0.0005)
+        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0.0005, direct=False)
         writer.start()
         told: Counter[int] = Counter()
         writes = 300
@@ -143,7 +222,7 @@ def test_stop_finishes_what_is_queued_then_writes_are_refused(
     store_path: Path, conn: sqlite3.Connection
 ) -> None:
     async def main() -> None:
-        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0)
+        writer = LedgerWriter(store_path, synchronous="NORMAL", inline_wait_s=0, direct=False)
         with pytest.raises(RuntimeError):
             writer.write(lambda c: None, lambda error: None)  # not started
         writer.start()
