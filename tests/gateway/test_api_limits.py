@@ -28,6 +28,7 @@ from gateway.operator.command_rules import TooManyOpenCommands
 from gateway.operator.deadlines import Deadlines
 from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState
 from tests.support.gateway import GatewayProcess, repo_env
+from tests.support.rawhttp import read_response
 from tests.support.waiting import wait_until
 
 SECRET_USER, SECRET_PASSWORD = "scott", "tiger-s3cret"
@@ -59,24 +60,6 @@ def gw(gw: GatewayProcess) -> GatewayProcess:
 def raw(gw: GatewayProcess) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", gw.api_port), timeout=30)
     return sock
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One whole HTTP/1.1 response (Content-Length bodies only): status, headers, body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed in the middle of a body"
-        body += chunk
-    return int(lines[0].split()[1]), headers, body[:length]
 
 
 def closed_by_peer(sock: socket.socket) -> bool:

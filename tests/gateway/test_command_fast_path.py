@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.commands import AnsweringDevice, api
 from tests.support.gateway import GatewayProcess
+from tests.support.rawhttp import read_response
 
 MAX_BODY = 4096
 GATEWAY_ENV = {"IOTGW_API_MAX_BODY_BYTES": str(MAX_BODY), "IOTGW_API_BODY_TIMEOUT": "2"}
@@ -162,21 +163,6 @@ def test_what_the_fast_path_does_not_take_gets_the_routes_answer(
         assert detail in answer["detail"], answer
 
 
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed in the middle of a body"
-        body += chunk
-    return int(head.split()[1]), body
-
-
 def request_head(gw: GatewayProcess, framing: bytes) -> bytes:
     return (
         b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: gw\r\n"
@@ -193,13 +179,13 @@ def test_the_body_limits_hold_on_the_fast_path(gw: GatewayProcess) -> None:
         chunk = b" " * 1000
         for _ in range(MAX_BODY // len(chunk) + 2):
             sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        status, body = read_response(sock)
+        status, _, body = read_response(sock)
         assert status == 413, body
         assert json.loads(body)["code"] == "body_too_large"
     # a body that does not arrive within api.body_timeout: 408
     with closing(socket.create_connection(("127.0.0.1", gw.api_port), timeout=30)) as sock:
         sock.sendall(request_head(gw, b"Content-Length: 100\r\n") + b'{"name": ')
-        status, body = read_response(sock)
+        status, _, body = read_response(sock)
         assert status == 408, body
         assert json.loads(body)["code"] == "body_timeout"
     end = counter(httpx.get(gw.api_url + "/metrics").text, "iotgw_http_command_fast_path_total")
