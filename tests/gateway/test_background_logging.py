@@ -5,6 +5,7 @@ normal exit writes everything queued."""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import textwrap
@@ -65,20 +66,21 @@ def test_a_lone_line_is_written_while_the_process_goes_on() -> None:
     the exit) to write what it has: an INFO line shows up while the process still runs."""
     script = textwrap.dedent(
         """
-        import logging, time
+        import logging, sys
         from iotgw_common.logs import setup_logging
 
         setup_logging("INFO", "plain", background=True)
         logging.getLogger("t").info("alone")
-        time.sleep(120)
+        sys.stdin.readline()  # runs until the test is done with it
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=repo_env()
-    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, env=repo_env())  # fmt: skip
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()  # blocks until the line is written (or the process ends)
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready, "no line within 60 s"
+        line = process.stdout.readline()
         assert line.rstrip().endswith("INFO t: alone"), line
         assert process.poll() is None, "the line only came with the exit"
     finally:
