@@ -164,10 +164,7 @@ class LedgerWriter:
                 job.waiting = False
                 return
         self.inline += 1
-        try:
-            on_done(job.error)
-        except Exception:  # as the loop would do with a callback's exception: log, go on
-            log.exception("a ledger write's callback failed")
+        _tell(on_done, job.error)
 
     def _claim_direct(self) -> bool:
         """Whether this write may run on the calling thread; if so, the writer is now busy with it."""
@@ -203,10 +200,7 @@ class LedgerWriter:
             self._cond.notify()  # the thread may have work queued behind this write
         self.direct_writes += 1
         self.inline += 1
-        try:
-            on_done(error)
-        except Exception:  # as the loop would do with a callback's exception: log, go on
-            log.exception("a ledger write's callback failed")
+        _tell(on_done, error)
 
     def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Run ``fn(conn)`` on the writer thread; await its result (or its exception). No inline wait.
@@ -272,6 +266,14 @@ class LedgerWriter:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to tell
                     context = urgent_context() if job.urgent else None
                     loop.call_soon_threadsafe(job.deliver, result, error, context=context)
+
+
+def _tell(on_done: Callable[[BaseException | None], None], error: BaseException | None) -> None:
+    """Report a write inline; a failing callback is logged, as the loop would do with it."""
+    try:
+        on_done(error)
+    except Exception:
+        log.exception("a ledger write's callback failed")
 
 
 __all__ = ["FAST_WRITES", "INLINE_WAIT_S", "LedgerWriter"]
