@@ -85,7 +85,8 @@ class StoreSettings(_Section):
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """Readings older than this are deleted (0 keeps everything)."""
     max_pending_samples: Annotated[int, msgspec.Meta(ge=100)] = 50_000
-    """Samples waiting for the next commit before devices are slowed (backpressure)."""
+    """Samples waiting for the next commit before devices are slowed (backpressure); the commit
+    in progress holds up to as many again."""
     command_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """Final commands (and their state history) last changed longer ago are deleted (0 keeps all)."""
     dead_letter_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0

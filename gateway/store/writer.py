@@ -7,7 +7,10 @@ event loop that the frame is durable. While one commit runs, the next batch
 gathers, so batches grow with load and a durable ack costs a fraction of an
 fsync. ``wait_for_room`` bounds the queue: a session awaits it before reading
 its next frame, which pushes back on the device's TCP connection instead of
-growing memory.
+growing memory. The bound counts the samples that wait for a commit, not those
+of the commit in progress: the next batch gathers while one commits, so the
+event loop and the writer work side by side at the ceiling instead of taking
+turns (at most twice ``max_pending_samples`` held in all).
 
 The writer owns batching, the thread and the callbacks, not SQL: what one batch's
 transaction writes and refuses, and how a failure is kept to the device that caused it,
@@ -70,6 +73,9 @@ class GroupCommitter:
         self._queue: list[_Item] = []  # under _cond: what the writer takes next
         self._urgent: list[_Call] = []  # under _cond: calls that run before the next batch
         self._pending: list[_Item] = []  # event loop only: submitted, not yet handed over
+        self._pending_new = 0  # event loop only: samples in _pending
+        self._queue_samples = 0  # under _cond: samples in _queue
+        self._waiting_samples = 0  # event loop only: submitted, not yet taken by a commit
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -120,8 +126,10 @@ class GroupCommitter:
         """Queue one accepted data frame; ``sink`` hears when it is durable."""
         samples = len(message.samples) if type(message) is Readings else 1
         self.pending_samples += samples
-        if self.pending_samples >= self._max_pending:
+        self._waiting_samples += samples
+        if self._waiting_samples >= self._max_pending:
             self._room.clear()
+        self._pending_new += samples
         self._put(Frame(sink, device_id, stream, message, samples))
 
     def submit_meta(self, device_id: int, **fields: Any) -> None:
@@ -177,7 +185,8 @@ class GroupCommitter:
         self._put(Admit(device_id, watermark))
 
     async def wait_for_room(self) -> None:
-        """Return once fewer than ``max_pending_samples`` samples wait for a commit."""
+        """Return once fewer than ``max_pending_samples`` samples wait for a commit (those of
+        the commit in progress do not count)."""
         if not self._room.is_set():
             await self._room.wait()
 
@@ -196,9 +205,11 @@ class GroupCommitter:
         items, self._pending = self._pending, []
         if not items:
             return
+        samples, self._pending_new = self._pending_new, 0
         with self._cond:
             was_empty = not self._queue
             self._queue.extend(items)
+            self._queue_samples += samples
             if was_empty:
                 self._cond.notify()
 
@@ -209,10 +220,14 @@ class GroupCommitter:
         for frame in stored:
             self.pending_samples -= frame.samples
             frame.sink.on_committed(frame.message.seq)
-        if self.pending_samples < self._max_pending:
-            self._room.set()
         if stored and self.listener is not None:
             self.listener.committed(stored)
+
+    def _taken(self, samples: int) -> None:
+        """A commit took ``samples`` off the queue: room for the next batch while it runs."""
+        self._waiting_samples -= samples
+        if self._waiting_samples < self._max_pending:
+            self._room.set()
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -223,6 +238,7 @@ class GroupCommitter:
         cond = self._cond
         while True:
             urgent: list[_Call] = []
+            taken = 0
             with cond:
                 while True:
                     if self._urgent:  # before the batch, and without its linger
@@ -234,6 +250,7 @@ class GroupCommitter:
                             cond.wait(linger)  # an urgent call or stop() notifies meanwhile
                             continue
                         batch, self._queue = self._queue, []
+                        taken, self._queue_samples = self._queue_samples, 0
                         break
                     if self._stopping:
                         return
@@ -242,6 +259,8 @@ class GroupCommitter:
                 for call in urgent:
                     self._run_call(loop, call)
                 continue
+            if taken:
+                _call_soon(loop, self._taken, taken)
             started = time.monotonic()
             outcome = self._batches.commit(batch)
             self.commit_ms.record(time.monotonic() - started)

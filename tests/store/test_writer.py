@@ -242,12 +242,51 @@ def test_wait_for_room_pushes_back_at_max_pending_samples(path: Path, conn: sqli
             await asyncio.sleep(0)
         assert not waiter.done()  # full: a session would stop reading its socket here
         release.set()
-        await asyncio.wait_for(waiter, TIMEOUT)
+        await asyncio.wait_for(waiter, TIMEOUT)  # room once the writer takes them into a commit
         await held
-        assert sink.committed == [1, 2] and committer.pending_samples == 0
+        await until("the acks", lambda: sink.committed == [1, 2])
+        assert committer.pending_samples == 0
         await stopped(committer)
 
     run(main)
+
+
+def test_the_commit_in_progress_leaves_room_for_the_next_batch(path: Path, conn: sqlite3.Connection) -> None:
+    """Backpressure counts what waits for a commit: while one commit runs (held here inside the
+    writer's transaction), devices may queue up to ``max_pending_samples`` more, then wait."""
+    a = add(conn, "a")
+    inside, release = threading.Event(), threading.Event()
+
+    async def main() -> None:
+        committer = await started(path, max_pending_samples=10)
+        commit = committer._batches.commit
+
+        def held_commit(batch: Any) -> Any:
+            inside.set()
+            assert release.wait(TIMEOUT)
+            return commit(batch)
+
+        committer._batches.commit = held_commit  # type: ignore[method-assign]
+        sink = Sink()
+        ten: list[dict[str, bool | float | str]] = [{"t": 1.0}] * 10
+        committer.submit(sink, a, "s", frame(1, *ten))
+        assert await asyncio.to_thread(inside.wait, TIMEOUT)  # the writer took the 10 samples
+        await asyncio.wait_for(committer.wait_for_room(), TIMEOUT)  # room while they commit
+        assert committer.pending_samples == 10 and sink.committed == []
+        committer.submit(sink, a, "s", frame(2, *ten))  # the next batch gathers meanwhile
+        waiter = asyncio.ensure_future(committer.wait_for_room())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiter.done()  # 10 more waiting: full again
+        assert committer.pending_samples == 20  # what the gateway holds: both batches
+        release.set()
+        await asyncio.wait_for(waiter, TIMEOUT)
+        await until("both commits", lambda: sink.committed == [1, 2])
+        assert committer.pending_samples == 0
+        await stopped(committer)
+
+    run(main)
+    assert len(stored_readings(conn)) == 20
 
 
 def test_stop_commits_what_is_queued(path: Path, conn: sqlite3.Connection) -> None:
