@@ -23,9 +23,10 @@ import threading
 import time
 from typing import Any
 
-from .drive import fmt_ms, sizes, start_gateway
+from .drive import AGENT_WINDOW, check_durability, drive, fmt_ms, load_spec, sizes, start_gateway
 from .registry import Context, Result, scenario
 from .stats import Histogram
+from .targets import RelayTarget
 from .workload import Shared
 
 RESPONDER = "rtt-responder"
@@ -157,23 +158,36 @@ class CommandClient:
 
 
 class CommandProbe:
-    """Commands beside a load: an operator and the responder device in a running gateway.
+    """Commands beside a load: an operator and the responder device in a running gateway (or the
+    relay of ``bench.relay``, the round trip's floor).
 
-    ``probe = CommandProbe(gw)`` (after ``start_gateway``), ``probe.start()`` before ``drive``
-    with ``companion=probe.companion``, ``probe.stop()`` before the gateway stops, then
-    ``probe.add(result, key, m)`` for the figures and checks. ``probe.idle(seconds)`` measures
-    the round trip with nothing else running.
+    ``probe = CommandProbe.of_gateway(gw)`` (after ``start_gateway``), ``probe.start()`` before
+    ``drive`` with ``companion=probe.companion``, ``probe.stop()`` before the gateway stops,
+    then ``probe.add(result, key, m)`` for the figures and checks. ``probe.idle(seconds)``
+    measures the round trip with nothing else running.
     """
 
-    def __init__(self, gw: Any) -> None:
-        self.api_port = _api_port(gw.log_path.read_text())
-        self.token, device_token = gw.store_call(
-            f"[operators.add_operator(conn, 'bench', 'control'), registry.add_device(conn, {RESPONDER!r})]"
-        )
-        self.responder = Responder(f"ws://127.0.0.1:{gw.port}/v1/device", device_token)
+    def __init__(self, device_url: str, device_token: str, api_port: int, operator_token: str) -> None:
+        self.api_port = api_port
+        self.token = operator_token
+        self.responder = Responder(device_url, device_token)
         self.clients: list[CommandClient] = []
         self._server_before: dict[str, float] = {}
         self.server_after: dict[str, float] = {}
+
+    @classmethod
+    def of_gateway(cls, gw: Any) -> CommandProbe:
+        """A control operator and the responder device added to ``gw``'s store."""
+        operator_token, device_token = gw.store_call(
+            f"[operators.add_operator(conn, 'bench', 'control'), registry.add_device(conn, {RESPONDER!r})]"
+        )
+        device_url = f"ws://127.0.0.1:{gw.port}/v1/device"
+        return cls(device_url, device_token, _api_port(gw.log_path.read_text()), operator_token)
+
+    @classmethod
+    def of_relay(cls, relay: Any) -> CommandProbe:
+        """The responder on ``bench.relay`` (a ``targets.RelayTarget``; no tokens checked)."""
+        return cls(f"ws://127.0.0.1:{relay.port}/", "unused", relay.api_port, "unused")
 
     def start(self) -> None:
         self.responder.start()
@@ -268,15 +282,21 @@ def _server_rtt(port: int) -> dict[str, float]:
 
 
 @scenario(
-    "command_rtt", "Command round trip through the HTTP API: idle, and the figures of ingest and connections"
+    "command_rtt",
+    "Command round trip through the HTTP API: idle, the figures of ingest and connections, and the floor",
 )
 def command_rtt(ctx: Context) -> Result:
     """Idle here; at half load and with 10,000 devices the round trip is measured inside ``ingest``
-    and ``connections`` (a command client beside their paced runs) and repeated in this table."""
+    and ``connections`` (a command client beside their paced runs) and repeated in this table.
+
+    The peer: the same client and responder through ``bench.relay`` (uvicorn and websockets, no
+    auth, no ledger), idle and, after ``ingest`` in the same run, beside a gateway carrying
+    ingest's half load: the round trip the machine allows at that moment, and the gateway's
+    figures over it."""
     sz = sizes(ctx)
     result = Result()
     gw, _ = start_gateway(ctx, "command-rtt-idle", 0)
-    probe = CommandProbe(gw)
+    probe = CommandProbe.of_gateway(gw)
     try:
         probe.start()
         try:
@@ -297,4 +317,66 @@ def command_rtt(ctx: Context) -> Result:
             if figure.name.startswith("command RTT"):
                 result.figures.append(figure)
     result.details = {"idle": client.finish()}
+    floors = _floor(ctx, result, _half_rate(ctx))
+    for key, floor in floors.items():
+        result.details[f"relay, {key}"] = floor.finish()
+        gateway = next((f.value for f in result.figures if f.name == f"command RTT p99, {key}"), None)
+        relay = floor.hist.percentile(99)
+        if gateway is not None and relay:
+            result.add(f"command RTT p99 over the relay's, {key}", gateway / (relay * 1000), "x",
+                       note=f"gateway {gateway:.1f} ms / relay {relay * 1000:.1f} ms, same run")  # fmt: skip
     return result
+
+
+def _half_rate(ctx: Context) -> float | None:
+    """The per-device rate of ``ingest``'s half-load run in this bench run, if it ran."""
+    ingest = ctx.results.get("ingest")
+    if ingest is None or ingest.error or not isinstance(ingest.details, dict):
+        return None
+    rate = ingest.details.get("runs", {}).get("half", {}).get("rate_per_device")
+    return float(rate) if isinstance(rate, int | float) else None
+
+
+def _floor(ctx: Context, result: Result, half_rate: float | None) -> dict[str, CommandClient]:
+    """The relay's round trip, idle and (``half_rate``) beside a gateway at that paced load."""
+    sz = sizes(ctx)
+    relay = RelayTarget(ctx.scratch("command-rtt-relay"))
+    relay.start()
+    floors: dict[str, CommandClient] = {}
+    try:
+        probe = CommandProbe.of_relay(relay)
+        probe.start()
+        try:
+            floors["idle"] = probe.idle(sz.measure_s)
+        finally:
+            probe.stop()
+        if half_rate is not None:
+            gw, devices = start_gateway(ctx, "command-rtt-relay-half", sz.devices)
+            probe = CommandProbe.of_relay(relay)
+            try:
+                probe.start()
+                try:
+                    m = drive(ctx, "gateway at half load, commands through the relay beside it", gw.pid,
+                              load_spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
+                              warmup_s=sz.warmup_s, measure_s=sz.measure_s, companion=probe.companion)  # fmt: skip
+                finally:
+                    probe.stop()
+            finally:
+                gw.stop()
+            check_durability(result, m, gw.count_rows(), "relay beside half load")
+            ctx.done(gw.directory)
+            floors["half load"] = probe.clients[-1]
+    finally:
+        relay.stop()
+        ctx.done(relay.directory)
+    for key, floor in floors.items():
+        p50, p99 = floor.hist.percentile(50), floor.hist.percentile(99)
+        print(f"  relay, {key}: {floor.hist.count} commands, round trip p50 {fmt_ms(p50)} p99 {fmt_ms(p99)}",
+              flush=True)  # fmt: skip
+        result.add(f"relay RTT p50, {key}", None if p50 is None else p50 * 1000, "ms",
+                   note="the floor: bench.relay, the same client and responder, no auth, no ledger")  # fmt: skip
+        result.add(f"relay RTT p99, {key}", None if p99 is None else p99 * 1000, "ms")
+        result.checks[f"relay, {key}: every command succeeded"] = (
+            set(floor.states) <= {"succeeded"} and floor.http_errors == 0 and floor.hist.count > 0
+        )
+    return floors

@@ -139,7 +139,7 @@ def _paced_with_commands(ctx: Context, result: Result, key: str, sz: Sizes, rate
                          ) -> tuple[Measurement, CommandProbe]:  # fmt: skip
     """Paced devices at ``rate`` each, commands through the HTTP API beside them."""
     gw, devices = start_gateway(ctx, f"ingest-{key.replace(' ', '-')}", sz.devices)
-    probe = CommandProbe(gw)
+    probe = CommandProbe.of_gateway(gw)
     try:
         probe.start()
         try:
@@ -287,7 +287,7 @@ def connections(ctx: Context) -> Result:
         idle["rss_kb"] = snap.rss_kb
         return {"idle_rss_kb": snap.rss_kb}
 
-    commands = CommandProbe(gw)
+    commands = CommandProbe.of_gateway(gw)
     try:
         time.sleep(0.5)
         base = procstat.Snapshot.take(gw.pid)

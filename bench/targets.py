@@ -231,6 +231,21 @@ class BareTarget(Target):
         self.port = int(line.rsplit(" ", 1)[1])
 
 
+class RelayTarget(Target):
+    """``bench.relay``: the command round trip's floor (HTTP in, a device frame out and back)."""
+
+    name = "relay"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.api_port = 0
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._spawn([sys.executable, "-m", "bench.relay", "--host", "127.0.0.1"], child_env())
+        words = self._wait_for("ready ws ", timeout).split()
+        self.port, self.api_port = int(words[-3]), int(words[-1])
+
+
 class MosquittoTarget(Target):
     """A private Mosquitto (no systemd) on a free loopback port, anonymous, no persistence."""
 

@@ -38,3 +38,26 @@ def test_quick_ingest_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
         assert not run["errors"] and not run["closes"]
     assert "frames/s, 1 sample/frame" in out
     assert "check: 1x: rows == acked readings" in out
+
+
+@pytest.mark.timeout(120)
+def test_quick_command_round_trip_runs_against_the_gateway_and_the_relay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["command_rtt", "--quick", "--measure-s", "0.5", "--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    document = json.loads(next(tmp_path.glob("*-command_rtt-quick.json")).read_text())
+    assert document["error"] is None
+    assert document["checks"] == {
+        "idle: every command succeeded": True,
+        "relay, idle: every command succeeded": True,
+    }
+    figures = {figure["name"]: figure["value"] for figure in document["figures"]}
+    for name in ("command RTT p99, idle", "relay RTT p99, idle", "command RTT p99 over the relay's, idle"):
+        assert figures[name] is not None and figures[name] > 0, (name, figures)
+    for side in ("idle", "relay, idle"):  # every command sent got its answer from the responder
+        details = document["details"][side]
+        assert details["commands"] > 0 and details["states"] == {"succeeded": details["commands"]}
+        assert details["http_errors"] == 0
