@@ -21,12 +21,23 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .drive import AGENT_WINDOW, check_durability, drive, fmt_ms, load_spec, sizes, start_gateway
+from .drive import (
+    AGENT_WINDOW,
+    Measurement,
+    Sizes,
+    check_durability,
+    drive,
+    fmt_ms,
+    load_spec,
+    sizes,
+    start_gateway,
+)
 from .registry import Context, Result, scenario
 from .stats import Histogram
-from .targets import RelayTarget
+from .targets import GatewayTarget, RelayTarget
 from .workload import Shared
 
 RESPONDER = "rtt-responder"
@@ -252,6 +263,28 @@ class CommandProbe:
         return ("gateway means, ms: " + ", ".join(shown)) if shown else ""
 
 
+def paced_with_commands(ctx: Context, result: Result, key: str, sz: Sizes, rate: float, why: str,
+                        probe_for: Callable[[GatewayTarget], CommandProbe] = CommandProbe.of_gateway,
+                        ) -> tuple[Measurement, CommandProbe]:  # fmt: skip
+    """Paced devices at ``rate`` each, commands beside them: through the gateway's HTTP API, or
+    where ``probe_for(gateway)`` sends them (the relay's probe)."""
+    gw, devices = start_gateway(ctx, f"ingest-{key.replace(' ', '-')}", sz.devices)
+    probe = probe_for(gw)
+    try:
+        probe.start()
+        try:
+            m = drive(ctx, f"gateway, 1 sample/frame at {key} ({why})", gw.pid,
+                      load_spec(ctx, gw.port, devices, samples=1, rate=rate, window=AGENT_WINDOW),
+                      warmup_s=sz.warmup_s, measure_s=sz.measure_s, companion=probe.companion)  # fmt: skip
+        finally:
+            probe.stop()
+    finally:
+        gw.stop()
+    check_durability(result, m, gw.count_rows(), key)
+    ctx.done(gw.directory)
+    return m, probe
+
+
 def _api_port(log_text: str) -> int:
     match = re.search(r"operator API at http://[^:\s]+:(\d+)", log_text)
     if match is None:
@@ -351,20 +384,8 @@ def _floor(ctx: Context, result: Result, half_rate: float | None) -> dict[str, C
         finally:
             probe.stop()
         if half_rate is not None:
-            gw, devices = start_gateway(ctx, "command-rtt-relay-half", sz.devices)
-            probe = CommandProbe.of_relay(relay)
-            try:
-                probe.start()
-                try:
-                    m = drive(ctx, "gateway at half load, commands through the relay beside it", gw.pid,
-                              load_spec(ctx, gw.port, devices, samples=1, rate=half_rate, window=AGENT_WINDOW),
-                              warmup_s=sz.warmup_s, measure_s=sz.measure_s, companion=probe.companion)  # fmt: skip
-                finally:
-                    probe.stop()
-            finally:
-                gw.stop()
-            check_durability(result, m, gw.count_rows(), "relay beside half load")
-            ctx.done(gw.directory)
+            _, probe = paced_with_commands(ctx, result, "relay beside half load", sz, half_rate,
+                                           "its commands through the relay", lambda _: CommandProbe.of_relay(relay))  # fmt: skip
             floors["half load"] = probe.clients[-1]
     finally:
         relay.stop()

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from . import procstat
-from .command_rtt import CommandProbe
+from .command_rtt import CommandProbe, paced_with_commands
 from .drive import (
     AGENT_WINDOW,
     CEILING_WINDOW,
@@ -79,11 +79,9 @@ def ingest(ctx: Context) -> Result:
     loop_us = loop_us_per_frame(probe) or one.target_us_per_frame or 50.0
     paced_ceiling = 1e6 / loop_us
     half_rate = max(0.1, paced_ceiling / 2 / sz.devices)
-    half, half_cmd = _paced_with_commands(
-        ctx, result, "half load", sz, half_rate, "half of the paced ceiling"
-    )
+    half, half_cmd = paced_with_commands(ctx, result, "half load", sz, half_rate, "half of the paced ceiling")
     old_rate = max(0.1, one.frames_per_s / 2 / sz.devices)
-    old, old_cmd = _paced_with_commands(ctx, result, "half batched ceiling", sz, old_rate,
+    old, old_cmd = paced_with_commands(ctx, result, "half batched ceiling", sz, old_rate,
                                         "old definition: half the batched ceiling")  # fmt: skip
 
     result.add("frames/s, 1 sample/frame", one.frames_per_s, "/s", note="committed, then acked")
@@ -133,26 +131,6 @@ def loop_us_per_frame(m: Measurement) -> float | None:
         return None
     main = m.end.threads_cpu_s.get("main", 0.0) - m.start.threads_cpu_s.get("main", 0.0)
     return 1e6 * main / m.report.window_frames_acked
-
-
-def _paced_with_commands(ctx: Context, result: Result, key: str, sz: Sizes, rate: float, why: str
-                         ) -> tuple[Measurement, CommandProbe]:  # fmt: skip
-    """Paced devices at ``rate`` each, commands through the HTTP API beside them."""
-    gw, devices = start_gateway(ctx, f"ingest-{key.replace(' ', '-')}", sz.devices)
-    probe = CommandProbe.of_gateway(gw)
-    try:
-        probe.start()
-        try:
-            m = drive(ctx, f"gateway, 1 sample/frame at {key} ({why})", gw.pid,
-                      load_spec(ctx, gw.port, devices, samples=1, rate=rate, window=AGENT_WINDOW),
-                      warmup_s=sz.warmup_s, measure_s=sz.measure_s, companion=probe.companion)  # fmt: skip
-        finally:
-            probe.stop()
-    finally:
-        gw.stop()
-    check_durability(result, m, gw.count_rows(), key)
-    ctx.done(gw.directory)
-    return m, probe
 
 
 def _threads(m: Measurement) -> str:
