@@ -160,8 +160,9 @@ class App:
         link = self.link
         while not link.idle() and ticks_diff(end, ticks_ms()) > 0:
             await asyncio.sleep_ms(50)
-        log(0, "DRAINED %d buffered=%d dropped=%d acked=%d" % (
-            self.taken, link.buffered, link.dropped, link.acked))
+        # dropped = lost (MemoryError before the ring) + the ring's own (overflow, refused frames)
+        log(0, "DRAINED %d buffered=%d dropped=%d acked=%d lost=%d" % (
+            self.taken, link.buffered, link.dropped, link.acked, link.out.lost))
         await link.stop()
         await asyncio.sleep_ms(50)
         link_task.cancel()

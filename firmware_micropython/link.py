@@ -123,7 +123,7 @@ class Link:
             if self.net is not None:
                 await self.net.up()
             delay = None
-            self.connected = False
+            self.connected = None
             try:
                 try:
                     await self.session()
@@ -152,9 +152,12 @@ class Link:
                 collect()
             if self._stopping:
                 break
-            if self.connected:
-                attempt = 0  # the session worked: start the backoff over
-            self.connected = False
+            since = self.connected
+            if since is not None and ticks_diff(ticks_ms(), since) >= self.stable_ms:
+                # The session stayed up: start the backoff over. One that ends sooner (a gateway
+                # that accepts and drops at once) still backs off, like a failed attempt.
+                attempt = 0
+            self.connected = None
             self._ws = None
             collect()
             if delay is None:
@@ -228,7 +231,7 @@ class Link:
             reader = asyncio.create_task(self._reader(ws))
             await self._sender(ws)
         finally:
-            self.connected = False
+            # `connected` stays set: run() reads it (how long the session was up), then clears it.
             if reader is not None:
                 reader.cancel()
             if not ws.closed:

@@ -79,6 +79,7 @@ def setup(link, cfg):
     link.cap_ms = int(b.get("cap_s", 60) * 1000)
     link.long_ms = int(b.get("long_s", 300) * 1000)
     link.replaced_ms = int(b.get("replaced_s", 60) * 1000)
+    link.stable_ms = int(b.get("stable_s", 10) * 1000)  # a session this long resets the backoff
     # A board loses its RAM buffer on reboot: new stream, new seq space.
     link.stream = "fw-" + "".join("%02x" % b for b in urandom(8))
     # What a reset would lose (the ring's unacked samples), kept where it survives one
@@ -97,7 +98,7 @@ def setup(link, cfg):
     link.sent_seq = 0  # highest seq sent in the current session
     link.skipped = 0  # values skipped as invalid (bad name, NaN, ...)
     link.sessions = 0
-    link.connected = False
+    link.connected = None  # ticks_ms() at the welcome while a session is up
     link._wake = False  # set to wake the sender (link._sender)
     link._rx_exc = None
     link._ws = None

@@ -101,7 +101,7 @@ def _on_welcome(link, msg, t0, t1):
         out.max_frame = min(out.max_frame, int(limits["max_frame_bytes"]))
     if "max_samples" in limits:
         out.batch = max(1, min(out.batch, int(limits["max_samples"])))
-    link.connected = True
+    link.connected = ticks_ms()
     log(1, "LINK welcome device=%s last_seq=%d rtt=%d ms resend=%d"
         % (msg.get("device"), last, link.clock.rtt, out.n))
     settings = msg.get("settings") or {}

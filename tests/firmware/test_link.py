@@ -8,6 +8,7 @@ with 4000-range codes, refuse a frame, send commands with past deadlines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -306,6 +307,56 @@ def test_close_code_sets_the_reconnect_delay(tmp_path: Path, code: int, low: int
     assert low <= delay <= high, fw.tail()
     if code == 4000:
         assert fw.find(r"two devices may share a token")
+
+
+async def _sessions_closed_with_1012(
+    tmp_path: Path, sessions: int, up_s: float, stable_s: float
+) -> list[int]:
+    """Welcome ``sessions`` connections, close each after ``up_s`` with 1012 (the backoff path);
+    -> the firmware's reconnect delays (ms), base 50 ms, cap 60 s."""
+    conns = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal conns
+        conns += 1
+        index = conns - 1
+        with contextlib.suppress(ConnectionClosed):
+            await Conn(ws).welcome()
+            if index + 1 < sessions:
+                await asyncio.sleep(up_s)
+                await ws.close(1012, "scripted restart")
+            else:
+                await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        backoff = {"base_s": 0.05, "cap_s": 60, "replaced_s": 1.5, "long_s": 3, "stable_s": stable_s}
+        config = base_config(f"ws://127.0.0.1:{port}/v1/device", interval_s=1, backoff=backoff)
+        with Firmware(tmp_path, config) as fw:
+            while len(fw.find(r"^LINK welcome ")) < sessions:  # run() bounds the wait at 60 s
+                assert fw.proc is not None and fw.proc.poll() is None, fw.tail()
+                await asyncio.sleep(0.05)
+    delays = [int(m.group(1)) for m in fw.find(r"^RECONNECT in (\d+) ms")]
+    assert len(delays) == sessions - 1, fw.tail()
+    return delays
+
+
+def test_a_session_that_stayed_up_starts_the_backoff_over(tmp_path: Path) -> None:
+    # Each session is up 0.6 s, longer than stable_s (0.3 s): every reconnect waits at most the
+    # base delay (full jitter: 0..50 ms). The supervisor used to miss that a session had worked
+    # (its end cleared the flag first), so the delay grew with every session for good, up to
+    # 60 s on a board: a minute of buffering on every gateway restart after the first few.
+    delays = run(_sessions_closed_with_1012(tmp_path, sessions=6, up_s=0.6, stable_s=0.3))
+    assert all(d <= 50 for d in delays), delays
+
+
+def test_sessions_dropped_right_after_the_welcome_keep_backing_off(tmp_path: Path) -> None:
+    # A gateway that accepts and drops at once must not be hammered at the base delay: sessions
+    # shorter than stable_s (10 s) count as failed attempts, so the ceiling doubles each time.
+    delays = run(_sessions_closed_with_1012(tmp_path, sessions=8, up_s=0, stable_s=10))
+    assert all(d <= 50 << attempt for attempt, d in enumerate(delays)), delays
+    # Seven draws all under the base delay: chance 2**-21 if the ceiling really doubles.
+    assert max(delays) > 50, delays
 
 
 def test_http_401_waits_the_long_delay(tmp_path: Path) -> None:

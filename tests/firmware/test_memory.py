@@ -193,13 +193,16 @@ def test_memory_error_at_each_allocation_site_loses_nothing_uncounted(
     total = 150
     with GatewayProcess.start(tmp_path / "gw") as gw:
         token = gw.add_device("board-fault")
-        # A fault at the frame and send sites ends the session: the 4 KB ring (~70 samples) must
-        # hold what waits while it reconnects, so that those sites lose nothing at all. At 200 ms
-        # a sample that is ~14 s of reconnecting (at 50 ms, 3.5 s once overflowed by a sample on
-        # a busy CI machine); the other sites keep the session and sample every 50 ms.
+        # A fault at the frame and send sites ends the session, every second or so: the 4 KB ring
+        # (~70 samples) must hold what waits while it reconnects, so that those sites lose nothing
+        # at all. Such sessions are too short to reset the backoff (stable_s), so each reconnect
+        # waits up to the cap: 0.2 s here, and a sample every 200 ms gives ~14 s of margin. (At
+        # 30 ms a sample and a 0.5 s cap, each session's one or two frames fall behind and the
+        # ring overflows.) The other sites keep the session and sample every 50 ms.
         breaks_session = site in ("frame", "send")
         config = base_config(gw.device_url, token, device="board-fault", sample_limit=total,
                              interval_s=0.2 if breaks_session else 0.05,
+                             backoff={"base_s": 0.1, "cap_s": 0.2, "replaced_s": 1.5, "long_s": 3},
                              exit_when_drained=True, drain_timeout_s=120, batch_samples=5, buffer_bytes=4096,
                              fault={"site": site, "every": every})  # fmt: skip
         with Firmware(tmp_path, config, heap=HEAP_WS, root=mpy_root) as fw:
@@ -209,7 +212,14 @@ def test_memory_error_at_each_allocation_site_loses_nothing_uncounted(
     assert injected > 0
     assert taken == total
     if breaks_session:
-        assert dropped == 0  # the samples waited in the ring and were sent again
+        # The samples waited in the ring and were sent again. If not, say where they went.
+        lost = int(fw.wait_line(r"^DRAINED .* lost=(\d+)", timeout=5).group(1))
+        delays = [int(m.group(1)) for m in fw.find(r"^RECONNECT in (\d+) ms")]
+        assert dropped == 0, (
+            f"{dropped} dropped: {lost} lost to a real MemoryError before the ring, {dropped - lost} by the "
+            f"ring (overflow or refused); {len(delays)} reconnects, longest delay {max(delays, default=0)} ms; "
+            f"gateway errors: {[m.group(0) for m in fw.find(r'LINK gateway error .*')]}"
+        )
     else:
         assert dropped == injected  # each injected fault cost exactly that one sample
     assert not fw.find(r"Traceback"), fw.tail()
