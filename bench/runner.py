@@ -25,7 +25,7 @@ from pathlib import Path
 # Importing a scenario module registers its scenarios; they are listed and run in this order.
 from . import scenarios  # isort: split
 
-from . import bridge_e2e, command_rtt, influx_e2e, targets
+from . import bridge_e2e, command_rtt, influx_e2e, storm, targets
 from .registry import SCENARIOS, Context, Result
 from .report import RESULTS_DIR, environment, format_table, write_result
 from .targets import MosquittoTarget
@@ -34,7 +34,7 @@ from .targets import MosquittoTarget
 # connections measured and runs the relay beside ingest's half load: it goes last.
 SCENARIOS["command_rtt"] = SCENARIOS.pop("command_rtt")
 
-SCENARIO_MODULES = (scenarios, command_rtt, influx_e2e, bridge_e2e)
+SCENARIO_MODULES = (scenarios, command_rtt, influx_e2e, bridge_e2e, storm)
 
 
 def _have(program: str) -> bool:

@@ -10,6 +10,7 @@ checks are behaviour (nothing acked lost, no errors), never times.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any
 
@@ -245,6 +246,16 @@ def mqtt(ctx: Context) -> Result:
         result.add("gateway / mosquitto, readings/s, 1 sample", g1 / m1, "x", ">= 2x", g1 / m1 >= 2,
                    note="against the faster of the two generators' broker figures")  # fmt: skip
         result.add("gateway / mosquitto, readings/s, 10 samples", g10 / m10, "x", ">= 2x", g10 / m10 >= 2)
+        # 2x the broker's rate on this machine's cores, with the generator on them too: what a frame
+        # may cost the gateway and its generator together, against what this run measured
+        gw_us, gen_cpu = gw.figure("gateway CPU per reading, 1 sample"), gw.figure("generator CPU, 1 sample")
+        if gw_us and gen_cpu and g1:
+            cores = os.cpu_count() or 1
+            budget_us = cores * 1e6 / (2 * m1)
+            gen_us = gen_cpu * 1e4 / g1
+            result.add("CPU a frame may cost for 2x mosquitto", budget_us, "us",
+                       note=f"gateway + generator on {cores} cores; this run: {gw_us:.1f} + {gen_us:.1f} us, "
+                            f"{(gw_us + gen_us) / budget_us:.1f}x the budget")  # fmt: skip
     result.details = {"runs": {k: m.summary() for k, m in runs.items()}}
     return result
 

@@ -61,3 +61,27 @@ def test_quick_command_round_trip_runs_against_the_gateway_and_the_relay(
         details = document["details"][side]
         assert details["commands"] > 0 and details["states"] == {"succeeded": details["commands"]}
         assert details["http_errors"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_quick_storm_connects_and_closes_the_storm_beside_steady_devices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["storm", "--quick", "--devices", "20", "--measure-s", "0.5", "--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    document = json.loads(next(tmp_path.glob("*-storm-quick.json")).read_text())
+    assert document["error"] is None
+    checks = document["checks"]
+    assert checks["storm: every storm device connected"] and all(checks.values()), checks
+    storm = document["details"]["storm"]
+    assert storm["connected"] == storm["devices"] == 200 and storm["failed"] == 0
+    assert storm["leave_s"] >= 0 and not storm["closes"] and not storm["errors"]
+    for phase in ("quiet", "arrive", "leave"):
+        run = document["details"]["runs"][phase]
+        assert run["connected"] == run["devices"] == 20
+        assert run["samples_acked"] > 0 and not run["errors"] and not run["closes"]
+        commands = document["details"]["commands"][phase]
+        assert commands["commands"] > 0 and commands["states"] == {"succeeded": commands["commands"]}
+    assert "steady ack p99, arrive" in out and "command RTT p99, leave" in out
