@@ -46,6 +46,8 @@ from asyncio import events
 from collections.abc import Callable
 from typing import Any
 
+from .accept_pacing import AcceptPacingLoop
+
 
 class Urgency:
     """A switch held in a context: callbacks in contexts holding it are urgent while ``on``."""
@@ -89,8 +91,10 @@ def _is_urgent(context: contextvars.Context) -> bool:
     return urgency is not None and urgency.on
 
 
-class UrgentFirstLoop(asyncio.SelectorEventLoop):
+class UrgentFirstLoop(AcceptPacingLoop):
     """A selector event loop that runs urgent callbacks before the ones already queued.
+
+    It also accepts new connections a few per turn (``iotgw_common/accept_pacing.py``).
 
     Use as ``asyncio.Runner(loop_factory=UrgentFirstLoop)``. Thread-safe where asyncio is:
     ``call_soon_threadsafe`` with an urgent context from another thread goes to the front too.
