@@ -222,13 +222,18 @@ class Gateway:
         record = registry.find_by_id(self._read_conn, device_id)
         return None if record is None else record.name
 
+    def _device_connections(self) -> int:
+        """Device sessions open now (the runtime policy's count of live connections)."""
+        return 0 if self.devices is None else len(self.devices.sessions)
+
     async def run_until_signalled(self) -> None:
         """Serve until SIGINT or SIGTERM, then shut down gracefully."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runtime = RuntimePolicy.from_environment()  # process-wide: only where the gateway owns the process
+        # process-wide: only where the gateway owns the process
+        runtime = RuntimePolicy.from_environment(connections=self._device_connections)
         runtime.start()
         try:
             await stop.wait()

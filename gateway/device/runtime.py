@@ -30,8 +30,11 @@ young collections freed: nothing from devices; the only source was Starlette's
   ``full_every_s`` (an hour), or sooner when the process's peak RSS grew by more than
   ``rss_growth`` times plus ``rss_slack_kb`` since the last one (a factor that doubles, up to 4,
   while full collections find next to no garbage). The memory bound is what makes
-  freezing without collecting safe whatever makes garbage; a fleet connecting (10,000 devices:
-  56 -> 277 MiB) triggers one during its ramp, steady serving none.
+  freezing without collecting safe whatever makes garbage. Connections opened since the last
+  full collection are live memory, not garbage: each may add ``connection_kb`` (32 KB; an idle
+  one holds ~23 KB) to the peak without triggering one. A fleet connecting (10,000 devices:
+  56 -> 277 MiB) used to trigger one in the middle of its storm, a 0.25-0.35 s stall for every
+  device already connected (docs/performance.md, "Connection storms"); steady serving none.
 
 Reference counting frees frozen objects as usual; only cycles wait for a full collection.
 Process-wide, so applied by the process that serves (``Gateway.run_until_signalled``), not by
@@ -153,7 +156,8 @@ class RuntimePolicy:
 
     def __init__(self, *, freeze_every_s: float = 1.0, full_every_s: float = 3600.0, rss_growth: float = 1.5,
                  rss_slack_kb: int = 32 * 1024, peak_rss_kb: Callable[[], int] | None = None,
-                 threshold0: int | None = 20_000, threshold1: int | None = None, switch_interval_s: float | None = None, freeze: bool = True) -> None:  # fmt: skip
+                 threshold0: int | None = 20_000, threshold1: int | None = None, switch_interval_s: float | None = None, freeze: bool = True,
+                 connections: Callable[[], int] | None = None, connection_kb: int = 32) -> None:  # fmt: skip
         self.switch_interval_s = switch_interval_s
         self.freeze = freeze
         self._saved_switch: float | None = None
@@ -164,6 +168,11 @@ class RuntimePolicy:
         self.little_garbage = 10_000
         """A full collection that frees fewer objects doubles the RSS growth that triggers the next."""
         self.rss_slack_kb = rss_slack_kb
+        self.connections = connections
+        """Open device connections now (the device server's count); None: not counted."""
+        self.connection_kb = connection_kb
+        """RSS each connection opened since the last full collection may add without triggering one
+        (an idle connection holds ~23 KB: docs/performance.md)."""
         self.full_every_s = full_every_s
         self.threshold0 = threshold0
         self.threshold1 = threshold1
@@ -185,13 +194,13 @@ class RuntimePolicy:
         )
 
     @classmethod
-    def from_environment(cls) -> RuntimePolicy:
+    def from_environment(cls, connections: Callable[[], int] | None = None) -> RuntimePolicy:
         """The defaults, or for A/B runs of the bench: ``IOTGW_RUNTIME=off`` (CPython's defaults),
         ``IOTGW_SWITCH_INTERVAL_S`` (seconds), ``IOTGW_GC_FREEZE=0`` (no freezing, thresholds kept),
         ``IOTGW_GC_THRESHOLD0`` / ``IOTGW_GC_THRESHOLD1`` (generation 0's and 1's thresholds),
         ``IOTGW_STALL_WATCH=0`` (no stall watch thread)."""
         if os.environ.get("IOTGW_RUNTIME") == "off":
-            return cls(switch_interval_s=None, freeze=False)
+            return cls(switch_interval_s=None, freeze=False, connections=connections)
         switch = os.environ.get("IOTGW_SWITCH_INTERVAL_S")
         t0, t1 = os.environ.get("IOTGW_GC_THRESHOLD0"), os.environ.get("IOTGW_GC_THRESHOLD1")
         return cls(
@@ -199,6 +208,7 @@ class RuntimePolicy:
             freeze=os.environ.get("IOTGW_GC_FREEZE", "1") != "0",
             threshold0=int(t0) if t0 else 20_000,
             threshold1=int(t1) if t1 else None,
+            connections=connections,
         )
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -299,16 +309,21 @@ class RuntimePolicy:
     async def _run(self) -> None:
         last_full = time.monotonic()
         peak_at_last_full = self.peak_rss_kb()
+        connections = self.connections or (lambda: 0)
+        connections_at_last_full = connections()
         growth = self.rss_growth
         while True:
             await asyncio.sleep(self.freeze_every_s)
             now = time.monotonic()
             peak = self.peak_rss_kb()
+            # memory that new connections hold is live, not frozen garbage: a fleet connecting
+            # (10,000 devices: ~220 MiB) must not cost a full collection in the middle of its storm
+            opened = max(0, connections() - connections_at_last_full)
             reason = None
             if now - last_full >= self.full_every_s:
                 reason = f"scheduled every {self.full_every_s:g} s"
-            elif peak > peak_at_last_full * growth + self.rss_slack_kb:
-                reason = f"peak RSS {peak_at_last_full / 1024:.0f} -> {peak / 1024:.0f} MiB"
+            elif peak > peak_at_last_full * growth + self.rss_slack_kb + opened * self.connection_kb:
+                reason = f"peak RSS {peak_at_last_full / 1024:.0f} -> {peak / 1024:.0f} MiB, {opened} connections more"
             if reason is not None:
                 gc.unfreeze()
                 freed = gc.collect()
@@ -316,6 +331,7 @@ class RuntimePolicy:
                 self.full_collections += 1
                 last_full = time.monotonic()
                 peak_at_last_full = self.peak_rss_kb()
+                connections_at_last_full = connections()
                 # the RSS grew with live objects (connections), not garbage: wait for more growth
                 # before the next one (a fleet connecting costs one full collection, not several)
                 growth = min(growth * 2, 4.0) if freed < self.little_garbage else self.rss_growth

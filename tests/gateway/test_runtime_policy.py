@@ -121,3 +121,32 @@ def test_a_growing_peak_rss_triggers_a_full_collection_the_schedule_would_not() 
 
 def test_the_peak_rss_is_read_from_the_process() -> None:
     assert RuntimePolicy().peak_rss_kb() > 1024  # KiB: any Python process is past 1 MiB
+
+
+def test_connections_opened_since_the_last_full_collection_do_not_trigger_one() -> None:
+    peak = [100 * 1024]  # KiB
+    open_connections = [0]
+
+    async def main() -> tuple[int, int]:
+        policy = RuntimePolicy(freeze_every_s=0.01, full_every_s=3600, rss_growth=1.5, rss_slack_kb=16 * 1024,
+                               peak_rss_kb=lambda: peak[0], connections=lambda: open_connections[0],
+                               connection_kb=32)  # fmt: skip
+        policy.start()
+        try:
+            await asyncio.sleep(0.05)
+            # a fleet of 10,000 connects: its 312 MiB at 32 KB each are live, not frozen garbage
+            open_connections[0] = 10_000
+            peak[0] = 100 * 1024 * 3 // 2 + 16 * 1024 + 10_000 * 32  # exactly what they explain
+            await asyncio.sleep(0.2)  # many checks: none may collect
+            during_the_storm = policy.full_collections
+            peak[0] += 1  # one KiB more than the connections explain
+            deadline = asyncio.get_running_loop().time() + 30
+            while policy.full_collections == during_the_storm:
+                assert asyncio.get_running_loop().time() < deadline, "no full collection past the bound"
+                await asyncio.sleep(0.01)
+            return during_the_storm, policy.full_collections
+        finally:
+            await policy.stop()
+
+    during_the_storm, after = asyncio.run(main())
+    assert during_the_storm == 0 and after == 1
