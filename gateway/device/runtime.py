@@ -32,9 +32,12 @@ young collections freed: nothing from devices; the only source was Starlette's
   while full collections find next to no garbage). The memory bound is what makes
   freezing without collecting safe whatever makes garbage. Connections opened since the last
   full collection are live memory, not garbage: each may add ``connection_kb`` (32 KB; an idle
-  one holds ~23 KB) to the peak without triggering one. A fleet connecting (10,000 devices:
+  one holds ~23 KB) to the peak without triggering one, counted at the most that were open at
+  once (the peak RSS is a high-water mark too). A fleet connecting (10,000 devices:
   56 -> 277 MiB) used to trigger one in the middle of its storm, a 0.25-0.35 s stall for every
-  device already connected (docs/performance.md, "Connection storms"); steady serving none.
+  device already connected (docs/performance.md, "Connection storms"); steady serving none. The
+  cycles a fleet leaves behind when it disconnects (~7 objects a connection) wait, frozen, for
+  the hourly collection or the next growth past the bound.
 
 Reference counting frees frozen objects as usual; only cycles wait for a full collection.
 Process-wide, so applied by the process that serves (``Gateway.run_until_signalled``), not by
@@ -310,15 +313,18 @@ class RuntimePolicy:
         last_full = time.monotonic()
         peak_at_last_full = self.peak_rss_kb()
         connections = self.connections or (lambda: 0)
-        connections_at_last_full = connections()
+        connections_at_last_full = most_connections = connections()
         growth = self.rss_growth
         while True:
             await asyncio.sleep(self.freeze_every_s)
             now = time.monotonic()
             peak = self.peak_rss_kb()
             # memory that new connections hold is live, not frozen garbage: a fleet connecting
-            # (10,000 devices: ~220 MiB) must not cost a full collection in the middle of its storm
-            opened = max(0, connections() - connections_at_last_full)
+            # (10,000 devices: ~220 MiB) must not cost a full collection in the middle of its
+            # storm. The peak RSS never falls, so neither does what explains it: the most
+            # connections open at once since the last full collection, not those open now
+            most_connections = max(most_connections, connections())
+            opened = most_connections - connections_at_last_full
             reason = None
             if now - last_full >= self.full_every_s:
                 reason = f"scheduled every {self.full_every_s:g} s"
@@ -331,7 +337,7 @@ class RuntimePolicy:
                 self.full_collections += 1
                 last_full = time.monotonic()
                 peak_at_last_full = self.peak_rss_kb()
-                connections_at_last_full = connections()
+                connections_at_last_full = most_connections = connections()
                 # the RSS grew with live objects (connections), not garbage: wait for more growth
                 # before the next one (a fleet connecting costs one full collection, not several)
                 growth = min(growth * 2, 4.0) if freed < self.little_garbage else self.rss_growth
