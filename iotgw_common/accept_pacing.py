@@ -3,16 +3,18 @@
 asyncio accepts, in one callback, every connection waiting on a listening socket, up to the
 server's ``backlog`` (2,048 on the device port, so that the kernel does not drop the SYNs of a
 fleet reconnecting at once). Each accepted connection then opens in the loop's next turns: its
-transport, the WebSocket handshake, the token lookup, ``hello`` and ``welcome``, about half a
-millisecond of the loop's time in all. When thousands of devices connect within a second, one
-loop turn held hundreds of them, and every other device's frames and acks waited behind that
-turn: 1.9 s for the steady devices' acks (docs/performance.md, "Connection storms").
+transport, the WebSocket handshake, the token lookup, ``hello`` and ``welcome``, 0.5-1 ms of
+the loop's time in all. When thousands of devices connect within a second, one loop turn held
+hundreds of them, and every other device's frames and acks waited behind that turn: ack p99
+1.7-2.5 s for the devices already connected (docs/performance.md, "Connection storms").
 
 :class:`AcceptPacingLoop` accepts at most :data:`ACCEPTS_PER_TURN` connections per turn of
 the loop and per listening socket. The rest wait in the kernel's accept queue, which costs the
 gateway nothing, and the listening socket is readable again at the next turn, so accepting
-goes on at once, interleaved with the traffic of the devices already connected. A storm takes
-as long as before (the work is the same); no turn holds more than a few handshakes.
+goes on at once, interleaved with the traffic of the devices already connected (their ack p50
+~30 ms during a storm of 10,000). The storm itself takes longer, ~15 s instead of ~10 on two
+cores: its handshakes' store writes no longer go in a few large commits. 4 a turn, against 8
+and 16, gave the connected devices the shortest waits for about the same storm.
 
 This overrides CPython's ``BaseSelectorEventLoop._accept_connection`` (3.11-3.13);
 :func:`accept_pacing_works` checks it on the running interpreter, and the gateway's tests fail
