@@ -165,6 +165,9 @@ def test_offline_device_that_does_not_return_within_the_ttl_gets_expired(gw: Gat
                 barrier = (await c.post("/api/v1/devices/offline-2/commands", json={"name": "ping"})).json()
                 assert barrier["state"] == "succeeded", barrier
                 assert [m["id"] for m in dev.received] == [barrier["id"]]  # the expired one never came
+            # offline as the gateway sees it, not only as the device does: until its session ends a
+            # ttl-0 command goes to delivery and expires there ("not delivered within its ttl")
+            await wait_online(c, "offline-2", False)
             zero = await c.post("/api/v1/devices/offline-2/commands", json={"name": "ping", "ttl": 0})
             assert zero.json()["state"] == "expired" and "ttl is 0" in zero.json()["error"]
 
