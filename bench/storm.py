@@ -27,7 +27,7 @@ from .command_rtt import CommandClient, CommandProbe
 from .drive import AGENT_WINDOW, Measurement, drive, fmt_ms, load_spec, ms_at, sizes, start_gateway
 from .loadgen import LoadRun
 from .registry import Context, Result, scenario
-from .workload import LoadSpec, Shared, WorkerReport
+from .workload import LoadSpec, Shared
 
 STEADY_RATE = 2.0
 """Frames per second of each steady device (1,000 devices: 2,000 frames/s, a sixth of the paced ceiling)."""
@@ -49,7 +49,6 @@ class StormFleet:
         self.spec = spec
         self.run: LoadRun | None = None
         self.figures: dict[str, Any] = {"devices": len(spec.devices)}
-        self.report: WorkerReport | None = None
 
     def arrive(self) -> None:
         run = self.run = LoadRun(self.spec)
@@ -66,7 +65,7 @@ class StormFleet:
         self.run = None
         began = time.monotonic()
         run.abort()
-        report = self.report = run.finish(timeout=60)
+        report = run.finish(timeout=60)
         self.figures.update(
             leave_s=round(time.monotonic() - began, 2), handshake=report.connect_hist.to_dict(),
             samples_acked=report.samples_acked, errors=report.errors, closes=report.closes,
@@ -105,7 +104,7 @@ class AtLead:
 
 
 class _Pair:
-    """Two companions run as one (``drive`` takes one)."""
+    """Companions run as one (``drive`` takes one)."""
 
     def __init__(self, *parts: Any) -> None:
         self.parts = parts
