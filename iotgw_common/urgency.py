@@ -46,7 +46,7 @@ from asyncio import events
 from collections.abc import Callable
 from typing import Any
 
-from .accept_pacing import AcceptPacingLoop
+from .background_lane import BackgroundLaneLoop
 
 
 class Urgency:
@@ -91,10 +91,11 @@ def _is_urgent(context: contextvars.Context) -> bool:
     return urgency is not None and urgency.on
 
 
-class UrgentFirstLoop(AcceptPacingLoop):
+class UrgentFirstLoop(BackgroundLaneLoop):
     """A selector event loop that runs urgent callbacks before the ones already queued.
 
-    It also accepts new connections a few per turn (``iotgw_common/accept_pacing.py``).
+    It also accepts new connections a few per turn (``iotgw_common/accept_pacing.py``) and has a
+    background lane for connections going away (``iotgw_common/background_lane.py``).
 
     Use as ``asyncio.Runner(loop_factory=UrgentFirstLoop)``. Thread-safe where asyncio is:
     ``call_soon_threadsafe`` with an urgent context from another thread goes to the front too.
@@ -157,7 +158,7 @@ class UrgentFirstLoop(AcceptPacingLoop):
         return removed
 
     def _process_events(self, event_list: Any) -> None:
-        super()._process_events(event_list)  # type: ignore[misc]
+        super()._process_events(event_list)
         ready: collections.deque[events.Handle] = self._ready  # type: ignore[attr-defined]
         if not self._urgent_fds or len(ready) <= POLL_EVERY:
             return
@@ -194,7 +195,7 @@ class UrgentFirstLoop(AcceptPacingLoop):
         if _is_urgent(handle._context):  # type: ignore[attr-defined]
             self._put_first(handle)
         else:
-            self._ready.append(handle)  # type: ignore[attr-defined]
+            self._queue(handle)
         return handle
 
     def _add_callback(self, handle: events.Handle) -> None:  # I/O readiness

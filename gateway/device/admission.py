@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
+from gateway.device.leaving import LeavesInBackground
+
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -104,11 +106,13 @@ class AddressLimiter:
 def counted_connection(limiter: AddressLimiter) -> type[ServerConnection]:
     """A ``ServerConnection`` class that counts itself in ``limiter`` from accept to close.
 
+    It says goodbye in the loop's background lane (``gateway/device/leaving.py``).
+
     Its ``over_quota`` is True when the address had ``limiter.limit`` connections
     already: the ``process_request`` hook must then answer ``too_many_connections``.
     """
 
-    class CountedConnection(ServerConnection):
+    class CountedConnection(LeavesInBackground):
         over_quota = False
         _quota_key: str | None = None
 

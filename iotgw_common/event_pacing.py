@@ -1,0 +1,171 @@
+"""Ready sockets a few hundred per turn, newcomers first: a burst cannot hold the loop for long.
+
+asyncio runs, in one turn, the callback of every socket its ``select`` found ready. When
+10,000 devices close at once their close frames come out of one or two ``select`` calls, and
+even at ~30 us a read (the read, and handing the goodbye to the background lane:
+``gateway/device/leaving.py``) that turn holds the loop for ~0.3 s: every device that stayed
+connected waits for it (docs/performance.md, "Connection storms").
+
+:class:`EventPacingLoop` takes at most :data:`EVENTS_PER_TURN` ready sockets per turn and
+*carries* the rest to the next turns. Of one ``select``'s sockets, those served most recently go
+first, and those of connections already going away (``_is_leaving``) last: in a storm of
+goodbyes, the devices still talking are read before the thousands that were silent until their
+close frame, and before the ends of stream that follow those. Each turn serves the sockets that became ready since the
+last ``select`` first, then at least :data:`CARRIED_PER_TURN` carried ones, in their order, so
+the backlog always drains. A carried socket keeps its
+place, and is looked up again at its turn (closed meanwhile: dropped). With epoll, a carried
+socket is muted (``EPOLL_CTL_MOD`` to no events) until its turn: the selector is
+level-triggered, and each ``select`` would otherwise report all of them again (~20 ms a turn
+for 10,000). Nothing changes while no
+``select`` returns more than :data:`EVENTS_PER_TURN` sockets.
+
+This overrides CPython's ``BaseSelectorEventLoop._process_events`` (3.11-3.13):
+:func:`event_pacing_works` checks it on the running interpreter, and the gateway's tests fail
+if it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import select
+import selectors
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from .accept_pacing import AcceptPacingLoop
+
+EVENTS_PER_TURN = 128
+"""Ready sockets served per turn of the loop (a few ms of reads; 64 and 256 were slower in the storm bench)."""
+CARRIED_PER_TURN = 64
+"""Carried sockets served per turn at least, however many newcomers there are."""
+
+
+class EventPacingLoop(AcceptPacingLoop):
+    """A selector event loop that serves at most :data:`EVENTS_PER_TURN` ready sockets a turn."""
+
+    events_per_turn = EVENTS_PER_TURN
+    carried_per_turn = CARRIED_PER_TURN
+
+    def __init__(self, selector: Any = None) -> None:
+        super().__init__(selector)
+        self._carried: collections.OrderedDict[int, int] = collections.OrderedDict()  # fd -> events
+        self._served: dict[int, int] = {}  # fd -> the turn it was last served in
+        self._turn = 0
+        # epoll: a carried socket is muted until its turn, or every select would report it again
+        selector = self._selector  # type: ignore[attr-defined]
+        self._epoll = selector._selector if isinstance(selector, selectors.EpollSelector) else None  # type: ignore[attr-defined]
+
+    def _process_events(self, event_list: Any) -> None:
+        self._turn = turn = self._turn + 1
+        served = self._served
+        carried = self._carried
+        limit = self.events_per_turn
+        if not carried and len(event_list) <= limit:
+            for key, _ in event_list:
+                served[key.fd] = turn
+            super()._process_events(event_list)  # type: ignore[misc]
+            return
+        fresh = []
+        for key, mask in event_list:
+            fd = key.fd
+            if fd in carried:
+                carried[fd] |= mask  # keeps its place
+            else:
+                fresh.append((key, mask))
+        if len(fresh) > limit:
+            # the sockets that talked last first: in a storm of goodbyes, those of devices silent
+            # for long (their goodbye is most likely what is ready) wait, and those already
+            # saying goodbye (the end of their stream) wait last
+            leaving = self._is_leaving
+            fresh.sort(
+                key=lambda event: -1 if leaving(event[0]) else served.get(event[0].fd, 0), reverse=True
+            )
+        take = fresh[:limit]
+        room = max(self.carried_per_turn, limit - len(take))
+        get_key = self._selector.get_key  # type: ignore[attr-defined]
+        while carried and room > 0:  # those carried from earlier turns, in their order
+            fd, mask = carried.popitem(last=False)
+            try:
+                key = get_key(fd)
+            except (KeyError, ValueError):  # closed meanwhile
+                continue
+            self._unmute(key)
+            take.append((key, mask & key.events))
+            room -= 1
+        for key, mask in fresh[limit:]:
+            carried[key.fd] = mask
+            self._mute(key.fd)
+        for key, _ in take:
+            served[key.fd] = turn
+        super()._process_events(take)  # type: ignore[misc]
+
+    def _mute(self, fd: int) -> None:
+        if self._epoll is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.modify(fd, 0)  # its hang-up or error is still reported: deduplicated
+
+    def _unmute(self, key: Any) -> None:
+        if self._epoll is not None:
+            events = (select.EPOLLIN if key.events & selectors.EVENT_READ else 0) | (
+                select.EPOLLOUT if key.events & selectors.EVENT_WRITE else 0
+            )
+            with contextlib.suppress(OSError):
+                self._epoll.modify(key.fd, events)
+
+    def _is_leaving(self, key: Any) -> bool:
+        """Whether the socket of selector key ``key`` belongs to a connection going away."""
+        return False
+
+
+def event_pacing_works(loop_factory: Callable[[], asyncio.AbstractEventLoop] = EventPacingLoop) -> bool:
+    """Whether a loop of ``loop_factory`` reads more ready sockets than a turn serves over several
+    turns, each once, and reads a newcomer before the carried ones, on this interpreter."""
+    ready = EVENTS_PER_TURN + CARRIED_PER_TURN
+    reads: list[str] = []
+
+    class Reader(asyncio.Protocol):
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def data_received(self, data: bytes) -> None:
+            reads.append(self.label)
+
+    async def probe() -> bool:
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(ready + 1)]
+        transports = []
+        try:
+            for n, (ours, _) in enumerate(pairs):
+                transport, _ = await loop.create_connection(functools.partial(Reader, str(n)), sock=ours)
+                transports.append(transport)
+            for _, theirs in pairs[:ready]:
+                theirs.send(b"x")
+            await asyncio.sleep(0)  # one turn: one select finds them all ready
+            first_turn = len(reads)
+            pairs[ready][1].send(b"x")  # a newcomer, while most are still carried
+            for _ in range(16 * ready):
+                await asyncio.sleep(0)
+                if len(reads) > ready:
+                    break
+            newcomer = reads.index(str(ready)) if str(ready) in reads else len(reads)
+            return (
+                first_turn <= EVENTS_PER_TURN
+                and newcomer < ready
+                and sorted(reads) == sorted(str(n) for n in range(ready + 1))
+            )
+        finally:
+            for transport in transports:
+                transport.close()
+            for ours, theirs in pairs:
+                ours.close()
+                theirs.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(probe())
+
+
+__all__ = ["CARRIED_PER_TURN", "EVENTS_PER_TURN", "EventPacingLoop", "event_pacing_works"]
