@@ -4,8 +4,8 @@ When thousands of devices close at once (a fleet-wide agent update, a proxy rest
 close frames arrive within a fraction of a second, and every one of them costs the loop
 ~0.3 ms: the close frame's echo, the half-close, the session's end, ``connection_lost``, the
 socket's ``close``. All of it ran in the loop's ordinary order, so the devices that stayed
-connected waited 2-2.5 s behind 10,000 goodbyes for their acks (docs/performance.md,
-"Connection storms").
+connected waited 1-2.5 s behind 10,000 goodbyes for their acks (docs/performance.md,
+"Connection storms: leaving").
 
 :class:`BackgroundLaneLoop` runs the callbacks of *background owners* in a lane of their own: one
 slice of at most :data:`BACKGROUND_SLICE_S` (and one callback past it) per loop turn, in the order

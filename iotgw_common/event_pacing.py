@@ -1,10 +1,10 @@
-"""Ready sockets a few hundred per turn, newcomers first: a burst cannot hold the loop for long.
+"""Ready sockets at most 128 a turn, the devices still talking first: a burst cannot hold the loop.
 
 asyncio runs, in one turn, the callback of every socket its ``select`` found ready. When
 10,000 devices close at once their close frames come out of one or two ``select`` calls, and
 even at ~30 us a read (the read, and handing the goodbye to the background lane:
 ``gateway/device/leaving.py``) that turn holds the loop for ~0.3 s: every device that stayed
-connected waits for it (docs/performance.md, "Connection storms").
+connected waits for it (docs/performance.md, "Connection storms: leaving").
 
 :class:`EventPacingLoop` takes at most :data:`EVENTS_PER_TURN` ready sockets per turn and
 *carries* the rest to the next turns. Of one ``select``'s sockets, those served most recently go

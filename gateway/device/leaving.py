@@ -2,8 +2,8 @@
 
 When a fleet closes at once, each goodbye costs the loop ~0.3 ms (the close frame's echo, the
 half-close, the session's end, ``connection_lost``, the socket's ``close``), and the devices
-that stay connected waited for all of them: 2-2.5 s for 10,000 (docs/performance.md,
-"Connection storms"). :class:`LeavesInBackground` hands that work to the background lane of
+that stay connected waited for all of them: 1-2.5 s for 10,000 (docs/performance.md,
+"Connection storms: leaving"). :class:`LeavesInBackground` hands that work to the background lane of
 ``iotgw_common/background_lane.py``, a slice per loop turn, from the moment a connection starts
 to go away:
 
