@@ -88,6 +88,11 @@ class BackgroundLaneLoop(EventPacingLoop):
         self._to_background(handle)
         return handle
 
+    @property
+    def background_queued(self) -> int:
+        """Callbacks waiting in the background lane now (safe to read from another thread)."""
+        return len(self._background)
+
     def close(self) -> None:
         self._background.clear()
         self._background_owners.clear()

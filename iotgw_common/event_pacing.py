@@ -59,6 +59,11 @@ class EventPacingLoop(AcceptPacingLoop):
         selector = self._selector  # type: ignore[attr-defined]
         self._epoll = selector._selector if isinstance(selector, selectors.EpollSelector) else None  # type: ignore[attr-defined]
 
+    @property
+    def carried_sockets(self) -> int:
+        """Ready sockets carried to later turns now (safe to read from another thread)."""
+        return len(self._carried)
+
     def _process_events(self, event_list: Any) -> None:
         self._turn = turn = self._turn + 1
         served = self._served

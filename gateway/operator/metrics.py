@@ -63,9 +63,23 @@ class LiveState:
     store_path: Path
     online_ids: Callable[[], Collection[int]] = frozenset
     """Ids of the devices connected now; called on the event loop, so it may copy a live dict."""
+    loop_figures: Callable[[], LoopFigures] | None = None
+    """The event loop's background lane and pacing (``iotgw_common/background_lane.py``); None: not shown."""
     fleet: Callable[[], Awaitable[Fleet]] | None = None
     """Reads the :class:`Fleet` off the event loop (``reads.run(...)`` with :func:`read_fleet`);
     None: no per-device or per-sink series (a test's bare state)."""
+
+
+@dataclass(slots=True, frozen=True)
+class LoopFigures:
+    """What ``/metrics`` shows of the event loop's lanes (docs/performance.md, "Connection storms")."""
+
+    background_callbacks: int
+    """Callbacks run in the background lane since start (the goodbyes of connections going away)."""
+    background_queued: int
+    """Callbacks waiting in the background lane now."""
+    carried_sockets: int
+    """Ready sockets carried to later loop turns now (a burst larger than one turn serves)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -170,6 +184,23 @@ class _LiveCollector(Collector):
         for state, count in sorted(s.finished_commands().items()):
             finished.add_metric([state], count)
         yield finished
+        if s.loop_figures is not None:
+            loop = s.loop_figures()
+            yield CounterMetricFamily(
+                "iotgw_loop_background_callbacks",
+                "Event-loop callbacks run in the background lane (connections going away)",
+                value=loop.background_callbacks,
+            )
+            yield GaugeMetricFamily(
+                "iotgw_loop_background_queued",
+                "Callbacks waiting in the background lane",
+                value=loop.background_queued,
+            )
+            yield GaugeMetricFamily(
+                "iotgw_loop_carried_sockets",
+                "Ready sockets carried to later loop turns (a burst larger than a turn)",
+                value=loop.carried_sockets,
+            )
 
 
 def _devices(fleet: Fleet) -> Iterator[Metric]:

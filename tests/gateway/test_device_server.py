@@ -6,12 +6,15 @@ import asyncio
 import json
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support.device import ScriptedDevice, now_ms
 from tests.support.gateway import GatewayProcess
+from tests.support.waiting import wait_until
 
 # the module's gateway (fixture gw, tests/gateway/conftest.py): a short hello timeout, few refusals
 GATEWAY_ENV = {"IOTGW_DEVICE_HELLO_TIMEOUT": "1.0", "IOTGW_DEVICE_MAX_REFUSED_IN_ROW": "5"}
@@ -272,6 +275,53 @@ def test_removed_device_token_stops_working(gw: GatewayProcess) -> None:
         return info.value.response.status_code
 
     assert run(attempt()) == 401
+
+
+def _metric(gw: GatewayProcess, name: str) -> float:
+    response = httpx.get(f"{gw.api_url}/metrics", timeout=10)
+    response.raise_for_status()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def test_devices_leaving_at_once_are_answered_while_a_device_that_stays_is_served(gw: GatewayProcess) -> None:
+    # their goodbyes run in the loop's background lane (gateway/device/leaving.py): the close
+    # handshake still completes for each, and the session of each ends
+    leavers = {f"leaver-{i}": gw.add_device(f"leaver-{i}") for i in range(30)}
+    stayer_token = gw.add_device("stayer-beside-leavers")
+    before = _metric(gw, "iotgw_loop_background_callbacks_total")
+
+    async def scenario():
+        devices = [ScriptedDevice(gw.device_url, token, stream="s") for token in leavers.values()]
+        for device in devices:
+            await device.__aenter__()
+            await device.hello()
+        async with ScriptedDevice(gw.device_url, stayer_token, stream="s") as stayer:
+            await stayer.hello()
+            await asyncio.gather(*(device.__aexit__(None, None, None) for device in devices))
+            for seq in range(1, 4):
+                await stayer.readings(seq, {"x": seq})
+            await stayer.wait_ack(3)
+            codes = [
+                device.ws.protocol.close_rcvd.code
+                for device in devices
+                if device.ws and device.ws.protocol.close_rcvd
+            ]
+            online_while_stayer = _metric(gw, "iotgw_device_connections")
+        return codes, online_while_stayer
+
+    codes, _ = run(scenario())
+    assert codes == [1000] * 30  # every close answered by the gateway
+    assert [seq for seq, _, _ in gw.readings("stayer-beside-leavers")] == [1, 2, 3]
+    wait_until(lambda: _metric(gw, "iotgw_device_connections") == 0, what="every session ended")
+    assert _metric(gw, "iotgw_loop_background_callbacks_total") > before + 30  # through the background lane
+    assert _metric(gw, "iotgw_loop_background_queued") == 0
+    for name in leavers:
+        assert f"device {name} disconnected (code 1000" in gw.log()
 
 
 def test_graceful_shutdown_tells_devices_going_away(tmp_path: Path) -> None:

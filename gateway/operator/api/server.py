@@ -32,10 +32,11 @@ from gateway.operator.api.connections import ConnectionLimits
 from gateway.operator.api.context import ApiContext
 from gateway.operator.commands import CommandService
 from gateway.operator.feed import Feed
-from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState, read_fleet
+from gateway.operator.metrics import GatewayMetrics, IngestRate, LiveState, LoopFigures, read_fleet
 from gateway.store.lookups import Lookups
 from gateway.store.readings import ReadPool
 from gateway.store.writer import GroupCommitter
+from iotgw_common.background_lane import BackgroundLaneLoop
 from iotgw_common.urgency import urgent_context
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ class OperatorApi:
             store_path=store_path,
             online_ids=lambda: list(devices.sessions),
             fleet=lambda: reads.run(functools.partial(read_fleet, sinks=(INFLUX, MQTT))),
+            loop_figures=_loop_figures(asyncio.get_running_loop()),
         )
         metrics = GatewayMetrics(live, rate)
         commands.round_trip_observers.append(metrics.command_round_trip.observe)
@@ -272,6 +274,17 @@ class OperatorApi:
         if self._lookups is not None:
             self._lookups.close()
             self._lookups = None
+
+
+def _loop_figures(loop: asyncio.AbstractEventLoop) -> Callable[[], LoopFigures] | None:
+    """The background lane's and pacing's figures of ``loop``, read on the scraping thread."""
+    if not isinstance(loop, BackgroundLaneLoop):
+        return None
+    return lambda: LoopFigures(
+        background_callbacks=loop.background_callbacks,
+        background_queued=loop.background_queued,
+        carried_sockets=loop.carried_sockets,
+    )
 
 
 async def _sample_every_second(rate: IngestRate) -> None:
