@@ -129,7 +129,7 @@ class EventPacingLoop(AcceptPacingLoop):
 def event_pacing_works(loop_factory: Callable[[], asyncio.AbstractEventLoop] = EventPacingLoop) -> bool:
     """Whether a loop of ``loop_factory`` reads more ready sockets than a turn serves over several
     turns, each once, and reads a newcomer before the carried ones, on this interpreter."""
-    ready = EVENTS_PER_TURN + CARRIED_PER_TURN
+    ready = 2 * EVENTS_PER_TURN + CARRIED_PER_TURN  # three turns' worth, the last one short
     reads: list[str] = []
 
     class Reader(asyncio.Protocol):
@@ -149,16 +149,19 @@ def event_pacing_works(loop_factory: Callable[[], asyncio.AbstractEventLoop] = E
                 transports.append(transport)
             for _, theirs in pairs[:ready]:
                 theirs.send(b"x")
-            await asyncio.sleep(0)  # one turn: one select finds them all ready
+            # the next turn's select finds them all ready; this task runs first in that turn and
+            # first in the one after, when the first turn's reads are done
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             first_turn = len(reads)
-            pairs[ready][1].send(b"x")  # a newcomer, while most are still carried
+            pairs[ready][1].send(b"x")  # a newcomer, while some are still carried
             for _ in range(16 * ready):
                 await asyncio.sleep(0)
                 if len(reads) > ready:
                     break
             newcomer = reads.index(str(ready)) if str(ready) in reads else len(reads)
             return (
-                first_turn <= EVENTS_PER_TURN
+                first_turn == EVENTS_PER_TURN
                 and newcomer < ready
                 and sorted(reads) == sorted(str(n) for n in range(ready + 1))
             )

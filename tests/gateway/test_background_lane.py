@@ -73,9 +73,13 @@ def test_an_owners_callbacks_run_in_order_a_slice_per_turn_and_the_tasks_it_star
 
 def test_ready_sockets_are_paced_newcomers_first_and_each_is_read_once() -> None:
     # if this fails after a Python upgrade, the loop internals the pacing overrides have changed
+    class Unpaced(EventPacingLoop):
+        events_per_turn = 1_000_000
+
     assert event_pacing_works()
     assert event_pacing_works(UrgentFirstLoop)
     assert not event_pacing_works(asyncio.SelectorEventLoop)
+    assert not event_pacing_works(Unpaced)
 
 
 def test_a_carried_socket_closed_before_its_turn_is_dropped_quietly() -> None:
