@@ -18,6 +18,8 @@ how long the storm took to connect. Registered with ``@scenario`` (``bench/regis
 
 from __future__ import annotations
 
+import http.client
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,13 +42,32 @@ STORM_CONCURRENCY = 1024
 SILENT_RATE = 1e-9
 """The storm's devices send (almost surely) nothing: their first frame is due in ~30 years."""
 PHASES = ("quiet", "arrive", "leave")
+SESSIONS_END_TIMEOUT_S = 60.0
+"""How long ``leave`` follows the gateway for the storm's sessions to end."""
+
+
+def _gauges(api_port: int) -> dict[str, float]:
+    """The gateway's unlabelled ``/metrics`` samples (``iotgw_device_connections``, ...)."""
+    conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {name: float(value) for name, value in re.findall(r"^(iotgw_\w+) (\S+)$", text, re.M)}
 
 
 class StormFleet:
-    """The storm's devices: ``arrive`` connects them all, ``leave`` closes them all."""
+    """The storm's devices: ``arrive`` connects them all, ``leave`` closes them all.
 
-    def __init__(self, spec: LoadSpec) -> None:
+    ``leave`` also follows the gateway's ``/metrics`` on ``api_port`` until the storm's sessions
+    have all ended there: how long the goodbyes take, and the most that waited in the event
+    loop's background lane and carried sockets meanwhile.
+    """
+
+    def __init__(self, spec: LoadSpec, api_port: int) -> None:
         self.spec = spec
+        self.api_port = api_port
         self.run: LoadRun | None = None
         self.figures: dict[str, Any] = {"devices": len(spec.devices)}
 
@@ -63,6 +84,7 @@ class StormFleet:
         if run is None:
             return
         self.run = None
+        connected = _gauges(self.api_port)["iotgw_device_connections"]
         began = time.monotonic()
         run.abort()
         report = run.finish(timeout=60)
@@ -70,6 +92,19 @@ class StormFleet:
             leave_s=round(time.monotonic() - began, 2), handshake=report.connect_hist.to_dict(),
             samples_acked=report.samples_acked, errors=report.errors, closes=report.closes,
         )  # fmt: skip
+        # the gateway's side: until the storm's sessions have ended (its devices are offline)
+        most_queued = most_carried = 0.0
+        while time.monotonic() - began < SESSIONS_END_TIMEOUT_S:
+            now = _gauges(self.api_port)
+            most_queued = max(most_queued, now.get("iotgw_loop_background_queued", 0.0))
+            most_carried = max(most_carried, now.get("iotgw_loop_carried_sockets", 0.0))
+            if now["iotgw_device_connections"] <= connected - self.figures.get(
+                "connected", len(self.spec.devices)
+            ):
+                self.figures["sessions_ended_s"] = round(time.monotonic() - began, 2)
+                break
+            time.sleep(0.02)
+        self.figures.update(most_background_queued=int(most_queued), most_carried_sockets=int(most_carried))
 
 
 class AtLead:
@@ -131,9 +166,9 @@ def connection_storm(ctx: Context) -> Result:
     lead_s, window_s = LEAD_S * scale, max(WINDOW_S * scale, sz.measure_s)
     gw, devices = start_gateway(ctx, "storm", n_steady + n_storm)
     steady_devices, storm_devices = devices[:n_steady], devices[n_steady:]
-    fleet = StormFleet(load_spec(ctx, gw.port, storm_devices, rate=SILENT_RATE, window=AGENT_WINDOW,
-                                 connect_concurrency=STORM_CONCURRENCY, drain_s=5.0))  # fmt: skip
     commands = CommandProbe.of_gateway(gw)
+    fleet = StormFleet(load_spec(ctx, gw.port, storm_devices, rate=SILENT_RATE, window=AGENT_WINDOW,
+                                 connect_concurrency=STORM_CONCURRENCY, drain_s=5.0), commands.api_port)  # fmt: skip
     actions = {"quiet": None, "arrive": fleet.arrive, "leave": fleet.leave}
     runs: dict[str, Measurement] = {}
     clients: dict[str, CommandClient] = {}
@@ -176,7 +211,11 @@ def connection_storm(ctx: Context) -> Result:
                blast.get("connected") == n_storm,
                note=f"in {blast.get('connect_s', 0):.2f} s, handshake p99 "
                     f"{blast.get('handshake', {}).get('p99_ms') or 0:.1f} ms")  # fmt: skip
+    result.checks["storm: every leaving session ended in the gateway"] = "sessions_ended_s" in blast
     result.add("storm: all closed", blast.get("leave_s", 0), "s")
+    result.add("storm: their sessions ended in the gateway", blast.get("sessions_ended_s", 0), "s",
+               note=f"most waiting at once: {blast.get('most_background_queued', 0):,} callbacks in the "
+                    f"background lane, {blast.get('most_carried_sockets', 0):,} sockets carried")  # fmt: skip
     for phase in PHASES:
         hist = runs[phase].report.ack_hist
         result.add(f"steady ack p99, {phase}", ms_at(hist, 99), "ms",

@@ -78,6 +78,7 @@ def test_quick_storm_connects_and_closes_the_storm_beside_steady_devices(
     storm = document["details"]["storm"]
     assert storm["connected"] == storm["devices"] == 200 and storm["failed"] == 0
     assert storm["leave_s"] >= 0 and not storm["closes"] and not storm["errors"]
+    assert storm["sessions_ended_s"] >= 0  # the gateway ended every leaving device's session
     for phase in ("quiet", "arrive", "leave"):
         run = document["details"]["runs"][phase]
         assert run["connected"] == run["devices"] == 20
