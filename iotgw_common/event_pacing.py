@@ -10,14 +10,13 @@ connected waits for it (docs/performance.md, "Connection storms: leaving").
 *carries* the rest to the next turns. Of one ``select``'s sockets, those served most recently go
 first, and those of connections already going away (``_is_leaving``) last: in a storm of
 goodbyes, the devices still talking are read before the thousands that were silent until their
-close frame, and before the ends of stream that follow those. Each turn serves the sockets that became ready since the
-last ``select`` first, then at least :data:`CARRIED_PER_TURN` carried ones, in their order, so
-the backlog always drains. A carried socket keeps its
-place, and is looked up again at its turn (closed meanwhile: dropped). With epoll, a carried
-socket is muted (``EPOLL_CTL_MOD`` to no events) until its turn: the selector is
-level-triggered, and each ``select`` would otherwise report all of them again (~20 ms a turn
-for 10,000). Nothing changes while no
-``select`` returns more than :data:`EVENTS_PER_TURN` sockets.
+close frame, and before the ends of stream that follow those. Each turn serves the sockets that
+became ready since the last ``select`` first, then at least :data:`CARRIED_PER_TURN` carried
+ones, in their order, so the backlog always drains. A carried socket keeps its place, and is
+looked up again at its turn (closed meanwhile: dropped). With epoll, a carried socket is muted
+(``EPOLL_CTL_MOD`` to no events) until its turn: the selector is level-triggered, and each
+``select`` would otherwise report all of them again (~20 ms a turn for 10,000). Nothing changes
+while no ``select`` returns more than :data:`EVENTS_PER_TURN` sockets.
 
 This overrides CPython's ``BaseSelectorEventLoop._process_events`` (3.11-3.13):
 :func:`event_pacing_works` checks it on the running interpreter, and the gateway's tests fail
