@@ -11,6 +11,7 @@ from typing import Any
 from iotgw_common.background_lane import BackgroundLaneLoop, background_lane_works
 from iotgw_common.event_pacing import EVENTS_PER_TURN, EventPacingLoop, event_pacing_works
 from iotgw_common.urgency import UrgentFirstLoop
+from tests.support.waiting import async_wait_until
 
 
 def test_the_background_lane_works_on_this_interpreter() -> None:
@@ -108,9 +109,9 @@ def test_a_carried_socket_closed_before_its_turn_is_dropped_quietly() -> None:
             transports.append(transport)
         for _, theirs in pairs:
             theirs.send(b"x")
-        deadline = time.monotonic() + 30
-        while len(set(seen["read"])) < ready - 40 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await async_wait_until(
+            lambda: len(set(seen["read"])) >= ready - 40, timeout=30, what="the open ones read"
+        )
         await asyncio.sleep(0.05)
         for transport in transports:
             transport.close()

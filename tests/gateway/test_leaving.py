@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.device.leaving import MAX_HANDED_OVER, LeavesInBackground
 from iotgw_common.urgency import UrgentFirstLoop
+from tests.support.waiting import async_wait_until
 
 
 def _masked(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
@@ -56,13 +56,6 @@ def _run(scenario: Callable[[UrgentFirstLoop, int, dict[str, Any]], Awaitable[No
     return seen
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def test_clients_closing_at_once_complete_the_close_handshake_in_the_background() -> None:
     answers: list[tuple[str, int | None]] = []
 
@@ -76,7 +69,7 @@ def test_clients_closing_at_once_complete_the_close_handshake_in_the_background(
             (f"closed {i}", c.protocol.close_rcvd.code if c.protocol.close_rcvd else None)
             for i, c in enumerate(clients)
         )
-        await _until(lambda: len(seen["closed"]) == 40)
+        await async_wait_until(lambda: len(seen["closed"]) == 40, timeout=30, what="40 handlers to end")
 
     seen = _run(scenario)
     assert answers[:40] == [(f"hi {i}", None) for i in range(40)]
@@ -105,13 +98,13 @@ def test_bytes_that_begin_like_a_close_frame_in_the_middle_of_a_frame_are_a_mess
         await writer.drain()
         got["echo"] = await asyncio.wait_for(reader.readexactly(2 + len(payload)), 30)
         got["through the background"] = loop.background_callbacks > before
-        await _until(lambda: not loop._background_owners)  # ordinary again
+        await async_wait_until(lambda: not loop._background_owners, timeout=30, what="ordinary again")
         writer.write(_masked(0x1, b"more"))
         got["second"] = await asyncio.wait_for(reader.readexactly(2 + 4), 30)
         writer.write(_masked(0x8, struct.pack("!H", 1000)))
         got["close"] = await asyncio.wait_for(reader.readexactly(4), 30)
         writer.close()
-        await _until(lambda: len(seen["closed"]) == 1)
+        await async_wait_until(lambda: len(seen["closed"]) == 1, timeout=30, what="the handler to end")
 
     seen = _run(scenario)
     assert got["through the background"]
@@ -156,7 +149,11 @@ def test_a_client_that_keeps_sending_after_its_close_frame_is_cut_off_and_the_ot
         raw.sendall(_UPGRADE)
         raw.setblocking(False)
         received = bytearray()
-        await _until(lambda: _read(raw, received) is None and b"\r\n\r\n" in received)
+        await async_wait_until(
+            lambda: _read(raw, received) is None and b"\r\n\r\n" in received,
+            timeout=30,
+            what="the 101 answer",
+        )
         del received[:]
         raw.sendall(_masked(0x8, struct.pack("!H", 1000)))
         for _ in range(3 * MAX_HANDED_OVER):  # one junk frame a read, more than may wait
@@ -165,14 +162,11 @@ def test_a_client_that_keeps_sending_after_its_close_frame_is_cut_off_and_the_ot
         await other.send("still here")  # served while the background lane is held
         got["other"] = await asyncio.wait_for(other.recv(), 30)
         loop.held = False
-        deadline = time.monotonic() + 30
-        while (ended := _read(raw, received)) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        got["ended"] = ended
+        got["ended"] = await async_wait_until(lambda: _read(raw, received), timeout=30, what="the cut")
         got["echo"] = bytes(received)
         await other.close()
         raw.close()
-        await _until(lambda: len(seen["closed"]) == 2)
+        await async_wait_until(lambda: len(seen["closed"]) == 2, timeout=30, what="both handlers to end")
 
     seen = _run(scenario, _HeldBackground)
     assert got["other"] == "still here"
