@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.store import registry
 from tests.support.device import ScriptedDevice
 from tests.support.gateway import GatewayProcess
+from tests.support.metrics import Samples, scrape
 from tests.support.waiting import wait_until
 
 ALERTING = Path(__file__).resolve().parents[2] / "docs" / "alerting"
@@ -62,20 +61,6 @@ def test_the_rules_unit_tests_pass_and_would_catch_a_broken_rule(tmp_path: Path)
     broken = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert broken.returncode != 0
     assert "IotgwDeviceSilent" in broken.stdout + broken.stderr
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(gw: GatewayProcess) -> Samples:
-    """Every sample of /metrics: (name, sorted labels) -> value."""
-    response = httpx.get(f"{gw.api_url}/metrics", timeout=10)
-    response.raise_for_status()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-    }
 
 
 def scrape_until(gw: GatewayProcess, ok: Callable[[Samples], bool], what: str) -> Samples:
