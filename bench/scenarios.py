@@ -256,6 +256,13 @@ def mqtt(ctx: Context) -> Result:
             result.add("CPU a frame may cost for 2x mosquitto", budget_us, "us",
                        note=f"gateway + generator on {cores} cores; this run: {gw_us:.1f} + {gen_us:.1f} us, "
                             f"{(gw_us + gen_us) / budget_us:.1f}x the budget")  # fmt: skip
+    bare_run = ctx.results.get("bare")
+    if bare_run is not None and not bare_run.error:
+        # the ceiling of any server built on websockets here: a bare one that stores nothing
+        b1 = bare_run.figure("frames/s, 1 sample/frame")
+        if b1:
+            result.add("bare websockets / mosquitto, 1 sample", b1 / (best[1] or 1), "x",
+                       note="what the gateway's transport alone carries against the broker, same run")  # fmt: skip
     result.details = {"runs": {k: m.summary() for k, m in runs.items()}}
     return result
 
