@@ -90,6 +90,10 @@ class Measurement:
             "unacked_at_end": r.unacked_at_end,
             "device_backlog_frames": r.backlog,
             "ack_latency": r.ack_hist.to_dict(),
+            "slowest_acks": [
+                {"ms": round(latency * 1000, 1), "sent_at": wall_clock(sent), "device": device}
+                for latency, sent, device in r.slowest_acks
+            ],
             "pong_latency": r.pong_hist.to_dict(),
             "server_pings_answered": r.server_pings,
             "commands_answered": r.commands,
@@ -244,3 +248,8 @@ def check_durability(result: Result, m: Measurement, rows: int, key: str) -> Non
     result.checks[f"{key}: rows == acked readings"] = rows == r.samples_acked
     result.checks[f"{key}: no error frames, no unexpected closes"] = not r.errors and not r.closes
     m.extra["store_rows"] = rows
+
+
+def wall_clock(wall: float) -> str:
+    """``time.time()`` as the local time of day to the millisecond, as the gateway's log writes it."""
+    return time.strftime("%H:%M:%S", time.localtime(wall)) + f",{int(wall % 1 * 1000):03d}"

@@ -26,7 +26,17 @@ from collections.abc import Callable
 from typing import Any
 
 from .command_rtt import CommandClient, CommandProbe
-from .drive import AGENT_WINDOW, Measurement, drive, fmt_ms, load_spec, ms_at, sizes, start_gateway
+from .drive import (
+    AGENT_WINDOW,
+    Measurement,
+    drive,
+    fmt_ms,
+    load_spec,
+    ms_at,
+    sizes,
+    start_gateway,
+    wall_clock,
+)
 from .loadgen import LoadRun
 from .registry import Context, Result, scenario
 from .workload import LoadSpec, Shared
@@ -79,6 +89,7 @@ class StormFleet:
         self.run = None
         connected = self._connected()
         began = time.monotonic()
+        self.figures["left_at"] = wall_clock(time.time())  # to match with the gateway's log
         run.abort()
         report = run.finish(timeout=60)
         self.figures.update(

@@ -59,6 +59,12 @@ class LoadSpec:
     """MQTT topic prefix: devices publish to ``<topic>/<name>``."""
 
 
+SLOWEST_KEPT = 5
+"""Slowest acks a report keeps (``WorkerReport.slowest_acks``)."""
+SLOW_ACK_S = 0.1
+"""Acks slower than this are candidates for ``WorkerReport.slowest_acks``."""
+
+
 class Shared:
     """Cross-process phase flags and counters, created by the runner before forking."""
 
@@ -96,6 +102,18 @@ class WorkerReport:
     unacked_at_end: int = 0
     window_cpu_s: float = 0.0
     cpu_s: float = 0.0
+    slowest_acks: list[tuple[float, float, str]] = field(default_factory=list)
+    """The window's slowest acks, at most :data:`SLOWEST_KEPT`: (latency s, when the frame was sent
+    as ``time.time()``, device), to match an outlier with the target's log."""
+
+    def note_slow_ack(self, latency: float, sent_monotonic: float, device: str) -> None:
+        slowest = self.slowest_acks
+        if len(slowest) >= SLOWEST_KEPT and latency <= slowest[-1][0]:
+            return
+        sent_wall = time.time() - (time.monotonic() - sent_monotonic)
+        slowest.append((latency, sent_wall, device))
+        slowest.sort(reverse=True)
+        del slowest[SLOWEST_KEPT:]
 
     def merge(self, other: WorkerReport) -> None:
         for name in (
@@ -111,6 +129,7 @@ class WorkerReport:
         for counts, more in ((self.errors, other.errors), (self.closes, other.closes)):
             for key, n in more.items():
                 counts[key] = counts.get(key, 0) + n
+        self.slowest_acks = sorted(self.slowest_acks + other.slowest_acks, reverse=True)[:SLOWEST_KEPT]
 
 
 def readings_payload(seq: int, ts: int, samples: int) -> bytes:
@@ -326,6 +345,8 @@ class DeviceBase:
             frames += 1
             if in_window:
                 hist.record(now - sent)
+                if now - sent > SLOW_ACK_S:
+                    report.note_slow_ack(now - sent, sent, self.name)
         self.acked = seq
         report.frames_acked += frames
         report.samples_acked += frames * self.samples
