@@ -124,3 +124,116 @@ def test_a_carried_socket_closed_before_its_turn_is_dropped_quietly() -> None:
     assert len(read) == len(set(read))  # none read twice
     assert set(range(ready - 40)) <= set(read)  # every open one read
     assert seen["errors"] == []
+
+
+class _Pairs:
+    """Socket pairs whose near ends are read by the loop, each read recorded as ``(label, n)``."""
+
+    def __init__(self, reads: list[tuple[str, int]]) -> None:
+        self.reads = reads
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.transports: list[asyncio.BaseTransport] = []
+
+    async def open(self, label: str, count: int) -> list[socket.socket]:
+        loop = asyncio.get_running_loop()
+        reads = self.reads
+        far = []
+
+        class Reader(asyncio.Protocol):
+            def __init__(self, n: int) -> None:
+                self.n = n
+
+            def data_received(self, data: bytes) -> None:
+                reads.append((label, self.n))
+
+        for n in range(count):
+            ours, theirs = socket.socketpair()
+            self.pairs.append((ours, theirs))
+            transport, _ = await loop.create_connection(lambda n=n: Reader(n), sock=ours)  # type: ignore[misc]
+            self.transports.append(transport)
+            far.append(theirs)
+        return far
+
+    def close(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        for ours, theirs in self.pairs:
+            ours.close()
+            theirs.close()
+
+
+def test_a_device_still_talking_is_not_carried_behind_silent_ones() -> None:
+    # the storm bench's 1.5-1.9 s ack: a steady device's socket, carried in a turn with more ready
+    # sockets than it serves, waited behind 10,000 silent ones carried earlier
+    silent_count, talking_count = 4 * EVENTS_PER_TURN, EVENTS_PER_TURN + 20
+    reads: list[tuple[str, int]] = []
+
+    async def main() -> None:
+        pairs = _Pairs(reads)
+        try:
+            talking = await pairs.open("talking", talking_count)
+            silent = await pairs.open("silent", silent_count)
+            for sock in talking:  # each talks once: served recently
+                sock.send(b"x")
+            await async_wait_until(lambda: len(reads) == talking_count, timeout=30, what="the first reads")
+            reads.clear()
+            for sock in silent:  # one turn serves some of them; the rest are carried
+                sock.send(b"x")
+            # the next turn's select finds them ready; this task runs first in that turn and first
+            # in the one after, when that turn's reads are done
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            for sock in talking:  # more than a turn's worth: some are carried, behind silent ones
+                sock.send(b"x")
+            await async_wait_until(
+                lambda: len(reads) == silent_count + talking_count, timeout=30, what="every socket read"
+            )
+        finally:
+            pairs.close()
+
+    with asyncio.Runner(loop_factory=UrgentFirstLoop) as runner:
+        runner.run(main())
+    last_talking = max(i for i, (label, _) in enumerate(reads) if label == "talking")
+    silent_after = sum(1 for label, _ in reads[last_talking:] if label == "silent")
+    # every talking socket was read while a good part of the silent ones still waited (FIFO
+    # carrying read the carried talking ones last of all)
+    assert silent_after >= EVENTS_PER_TURN, reads[last_talking - 5 : last_talking + 5]
+    assert sorted(n for label, n in reads if label == "silent") == list(range(silent_count))
+
+
+def test_silent_carried_sockets_are_served_while_talking_ones_keep_coming() -> None:
+    # priority must not starve: a share of each turn goes to the sockets carried longest
+    class Small(UrgentFirstLoop):
+        events_per_turn = 4
+        carried_per_turn = 2
+        carried_oldest_per_turn = 1
+
+    class NoShare(Small):
+        carried_oldest_per_turn = 0
+
+    def run(loop_factory: type[UrgentFirstLoop]) -> int:
+        reads: list[tuple[str, int]] = []
+
+        async def main() -> int:
+            pairs = _Pairs(reads)
+            try:
+                talking = await pairs.open("talking", 30)
+                silent = await pairs.open("silent", 12)
+                for sock in talking:  # each talks once: served recently
+                    sock.send(b"x")
+                await async_wait_until(lambda: len(reads) == 30, timeout=30, what="the first reads")
+                for sock in silent:
+                    sock.send(b"x")
+                for _ in range(100):  # 100 turns; more talking sockets ready in each than it serves
+                    for sock in talking:
+                        sock.send(b"x")
+                    await asyncio.sleep(0)
+                return len({n for label, n in reads if label == "silent"})
+            finally:
+                pairs.close()
+
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
+
+    assert run(Small) == 12
+    assert run(NoShare) < 12  # the share is what served them
