@@ -32,6 +32,7 @@ import asyncio
 import collections
 import functools
 import heapq
+import operator
 import select
 import selectors
 import socket
@@ -46,6 +47,7 @@ CARRIED_PER_TURN = 64
 """Carried sockets served per turn at least, however many newcomers there are."""
 CARRIED_OLDEST_PER_TURN = 16
 """Of those, how many at least are the ones carried longest (the rest go by priority)."""
+_BY_PRIORITY = operator.itemgetter(0, 1)  # (leaving, -last served turn, ...): talking, then recent first
 
 
 class EventPacingLoop(AcceptPacingLoop):
@@ -99,7 +101,7 @@ class EventPacingLoop(AcceptPacingLoop):
             # saying goodbye (the end of their stream) wait last
             leaving = self._is_leaving
             ranked = [(leaving(key), -served.get(key.fd, 0), key, mask) for key, mask in fresh]
-            ranked.sort(key=_priority)
+            ranked.sort(key=_BY_PRIORITY)
             take = [(key, mask) for _, _, key, mask in ranked[:limit]]
             overflow = ranked[limit:]
         room = max(self.carried_per_turn, limit - len(take))
@@ -229,10 +231,6 @@ def event_pacing_works(loop_factory: Callable[[], asyncio.AbstractEventLoop] = E
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(probe())
-
-
-def _priority(ranked: tuple[bool, int, Any, int]) -> tuple[bool, int]:
-    return ranked[0], ranked[1]
 
 
 __all__ = [
