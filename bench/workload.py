@@ -107,6 +107,8 @@ class WorkerReport:
     as ``time.time()``, device), to match an outlier with the target's log."""
 
     def note_slow_ack(self, latency: float, sent_monotonic: float, device: str) -> None:
+        """Keep an ack of ``latency`` s, for a frame ``device`` sent at ``sent_monotonic``
+        (``time.monotonic()``), if it is among the slowest so far."""
         slowest = self.slowest_acks
         if len(slowest) >= SLOWEST_KEPT and latency <= slowest[-1][0]:
             return
