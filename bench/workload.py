@@ -106,13 +106,12 @@ class WorkerReport:
     """The window's slowest acks, at most :data:`SLOWEST_KEPT`: (latency s, when the frame was sent
     as ``time.time()``, device), to match an outlier with the target's log."""
 
-    def note_slow_ack(self, latency: float, sent_monotonic: float, device: str) -> None:
-        """Keep an ack of ``latency`` s, for a frame ``device`` sent at ``sent_monotonic``
-        (``time.monotonic()``), if it is among the slowest so far."""
+    def note_slow_ack(self, latency: float, sent_wall: float, device: str) -> None:
+        """Keep an ack of ``latency`` s, for a frame ``device`` sent at ``sent_wall``
+        (``time.time()``), if it is among the slowest so far."""
         slowest = self.slowest_acks
         if len(slowest) >= SLOWEST_KEPT and latency <= slowest[-1][0]:
             return
-        sent_wall = time.time() - (time.monotonic() - sent_monotonic)
         slowest.append((latency, sent_wall, device))
         slowest.sort(reverse=True)
         del slowest[SLOWEST_KEPT:]
@@ -348,7 +347,7 @@ class DeviceBase:
             if in_window:
                 hist.record(now - sent)
                 if now - sent > SLOW_ACK_S:
-                    report.note_slow_ack(now - sent, sent, self.name)
+                    report.note_slow_ack(now - sent, time.time() - (now - sent), self.name)
         self.acked = seq
         report.frames_acked += frames
         report.samples_acked += frames * self.samples
